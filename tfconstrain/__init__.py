@@ -1,0 +1,71 @@
+"""tfconstrain: train Keras models under explicit constraints.
+
+`model.fit` with constraints such as "DP gap <= 0.05" or "recall >= 0.95",
+solved by Lagrangian methods (multipliers learned alongside the weights)
+instead of hand-tuned penalty weights.
+"""
+
+import os as _os
+
+import keras as _keras
+
+if _keras.backend.backend() != "tensorflow":
+    raise ImportError(
+        "tfconstrain requires the TensorFlow backend of Keras 3, but Keras "
+        f"is using the '{_keras.backend.backend()}' backend. Set the "
+        "environment variable KERAS_BACKEND=tensorflow before importing "
+        "keras (currently KERAS_BACKEND="
+        f"{_os.environ.get('KERAS_BACKEND', '<unset>')!r})."
+    )
+
+
+def _version_tuple(version: str) -> tuple:
+    parts = []
+    for piece in version.split(".")[:2]:
+        digits = "".join(ch for ch in piece if ch.isdigit())
+        parts.append(int(digits or 0))
+    return tuple(parts)
+
+
+if _version_tuple(_keras.__version__) < (3, 10):
+    raise ImportError(
+        f"tfconstrain requires keras >= 3.10 (found {_keras.__version__}); "
+        "earlier 3.x versions produce NaN metrics under tf.distribute. "
+        "Upgrade with `pip install -U keras`."
+    )
+
+from tfconstrain import constraints  # noqa: E402
+from tfconstrain import datasets  # noqa: E402
+from tfconstrain import layers  # noqa: E402
+from tfconstrain import optimizers  # noqa: E402
+from tfconstrain.batch import Batch  # noqa: E402
+from tfconstrain.callbacks import MultiplierCallback  # noqa: E402
+from tfconstrain.constraint import Constraint  # noqa: E402
+from tfconstrain.constraint import FunctionConstraint  # noqa: E402
+from tfconstrain.formulations import AugmentedLagrangian  # noqa: E402
+from tfconstrain.formulations import Formulation  # noqa: E402
+from tfconstrain.formulations import Lagrangian  # noqa: E402
+from tfconstrain.formulations import Penalty  # noqa: E402
+from tfconstrain.formulations import QuadraticPenalty  # noqa: E402
+from tfconstrain.model import ConstrainedModel  # noqa: E402
+from tfconstrain.model import ConstrainedSequential  # noqa: E402
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AugmentedLagrangian",
+    "Batch",
+    "ConstrainedModel",
+    "ConstrainedSequential",
+    "Constraint",
+    "Formulation",
+    "FunctionConstraint",
+    "Lagrangian",
+    "MultiplierCallback",
+    "Penalty",
+    "QuadraticPenalty",
+    "constraints",
+    "datasets",
+    "layers",
+    "optimizers",
+]

@@ -1,0 +1,221 @@
+"""`MultiplierCallback`: the dual-update schedule and constraint logging."""
+
+from __future__ import annotations
+
+import os
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+
+class MultiplierCallback(keras.callbacks.Callback):
+    """Owns when the multipliers move, and writes them to TensorBoard.
+
+    The dual step itself always runs inside the compiled train step (so
+    `steps_per_execution`, `jit_compile` and distribution strategies work);
+    this callback sets its schedule for the `fit` call it is passed to:
+
+    - `update_every="step"` (default): a dual step at every training step;
+    - `update_every=n`: at steps `warmup_steps, warmup_steps + n, ...`;
+    - `update_every="epoch"`: once per epoch, at its end, with the
+      dataset-level constraint values of that epoch (exact aggregates).
+
+    No dual step happens during the first `warmup_steps` training steps
+    (pure primal training). Steps are counted by the primal optimizer's
+    `iterations`, so a resumed run keeps its schedule. After `fit`, the
+    model returns to its previous schedule.
+
+    With `log_dir`, it writes per constraint the TensorBoard scalars
+    `constraints/NAME/value`, `.../violation`, `.../multiplier` (and
+    `.../penalty` where the formulation has one) at every epoch end, for
+    training (`log_dir/train`) and validation (`log_dir/validation`), and
+    histograms of vector multipliers every `histogram_freq` epochs.
+    `batch_log_freq=n` also writes the multipliers every `n` training
+    batches (a host read each time, so it is off by default).
+
+    Example:
+
+    ```python
+    model.fit(x, y, epochs=10, callbacks=[
+        tfc.MultiplierCallback(update_every=5, warmup_steps=100,
+                               log_dir="logs/run1")])
+    ```
+
+    Args:
+        update_every: `"step"`, a positive int, or `"epoch"`. Defaults to
+            `"step"`.
+        warmup_steps: Int >= 0. Defaults to `0`.
+        log_dir: Optional string. Where TensorBoard event files go.
+        histogram_freq: Int >= 0. Epoch frequency of multiplier histograms
+            (0: none). Defaults to `1`.
+        batch_log_freq: Optional int > 0. Batch frequency of multiplier
+            scalars. Defaults to `None` (epoch-level only).
+    """
+
+    def __init__(
+        self,
+        update_every="step",
+        warmup_steps: int = 0,
+        log_dir: str | None = None,
+        histogram_freq: int = 1,
+        batch_log_freq: int | None = None,
+    ):
+        super().__init__()
+        if update_every == "step":
+            update_every = 1
+        if update_every != "epoch" and not (
+            isinstance(update_every, (int, np.integer))
+            and not isinstance(update_every, bool)
+            and update_every >= 1
+        ):
+            raise ValueError(
+                "`update_every` must be 'step', 'epoch' or a positive int, "
+                f"got {update_every!r}."
+            )
+        if not isinstance(warmup_steps, (int, np.integer)) or (
+            warmup_steps < 0
+        ):
+            raise ValueError(
+                f"`warmup_steps` must be an int >= 0, got {warmup_steps!r}."
+            )
+        if not isinstance(histogram_freq, (int, np.integer)) or (
+            histogram_freq < 0
+        ):
+            raise ValueError(
+                "`histogram_freq` must be an int >= 0, got "
+                f"{histogram_freq!r}."
+            )
+        if batch_log_freq is not None and not (
+            isinstance(batch_log_freq, (int, np.integer))
+            and batch_log_freq >= 1
+        ):
+            raise ValueError(
+                "`batch_log_freq` must be None or an int >= 1, got "
+                f"{batch_log_freq!r}."
+            )
+        self.update_every = update_every if update_every == "epoch" else int(
+            update_every
+        )
+        self.warmup_steps = int(warmup_steps)
+        self.log_dir = log_dir
+        self.histogram_freq = int(histogram_freq)
+        self.batch_log_freq = batch_log_freq
+        self._writers = {}
+        self._previous_schedule = None
+        self._epoch_values = None
+        self._in_epoch = False
+        self._batches_seen = 0
+
+    # ------------------------------------------------------------ schedule
+    def set_model(self, model):
+        from tfconstrain.model import ConstrainedModel
+        from tfconstrain.model import _DualSchedule
+
+        if not isinstance(model, ConstrainedModel):
+            raise TypeError(
+                "MultiplierCallback works with a `tfc.ConstrainedModel`, got "
+                f"{type(model).__name__}."
+            )
+        super().set_model(model)
+        schedule = _DualSchedule(self.update_every, self.warmup_steps)
+        if self._previous_schedule is None:
+            self._previous_schedule = model._tfc.schedule
+        _set_schedule(model, schedule)
+
+    def on_train_end(self, logs=None):
+        if self._previous_schedule is not None:
+            _set_schedule(self.model, self._previous_schedule)
+            self._previous_schedule = None
+        for writer in self._writers.values():
+            writer.close()
+        self._writers = {}
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch_values = None
+        self._in_epoch = True
+
+    def on_test_begin(self, logs=None):
+        # Validation resets the metrics that hold the epoch's training
+        # aggregates: keep them for the per-epoch dual step.
+        if self._in_epoch and self.update_every == "epoch":
+            self._epoch_values = self.model._epoch_violations()
+
+    def on_epoch_end(self, epoch, logs=None):
+        self._in_epoch = False
+        if self.update_every == "epoch" and self._dual_step_is_due():
+            values = self._epoch_values or self.model._epoch_violations()
+            self.model._run_epoch_dual_step(values)
+        if self.log_dir:
+            self._write_epoch(epoch, logs or {})
+
+    def _dual_step_is_due(self) -> bool:
+        iterations = int(
+            keras.ops.convert_to_numpy(self.model.optimizer.iterations)
+        )
+        return iterations >= self.warmup_steps
+
+    # ------------------------------------------------------------- logging
+    def _writer(self, kind: str):
+        if kind not in self._writers:
+            self._writers[kind] = tf.summary.create_file_writer(
+                os.path.join(self.log_dir, kind)
+            )
+        return self._writers[kind]
+
+    def _write_epoch(self, epoch: int, logs: dict) -> None:
+        model = self.model
+        for kind, prefix in (("train", ""), ("validation", "val_")):
+            entries = {}
+            for constraint in model.constraints:
+                name = constraint.name
+                for suffix, tag in (
+                    ("", "value"),
+                    ("_violation", "violation"),
+                    ("_multiplier", "multiplier"),
+                    ("_penalty", "penalty"),
+                ):
+                    key = f"{prefix}{name}{suffix}"
+                    if key in logs:
+                        entries[f"constraints/{name}/{tag}"] = logs[key]
+            if not entries:
+                continue
+            with self._writer(kind).as_default(step=epoch):
+                for tag, value in entries.items():
+                    tf.summary.scalar(tag, float(value))
+                if kind == "train" and self.histogram_freq and (
+                    epoch % self.histogram_freq == 0
+                ):
+                    for name, multiplier in model.multipliers.items():
+                        if len(multiplier.shape) == 1:
+                            tf.summary.histogram(
+                                f"constraints/{name}/multiplier",
+                                keras.ops.convert_to_numpy(multiplier),
+                            )
+            self._writer(kind).flush()
+
+    def on_train_batch_end(self, batch, logs=None):
+        if not (self.log_dir and self.batch_log_freq):
+            return
+        self._batches_seen += 1
+        if self._batches_seen % self.batch_log_freq:
+            return
+        step = int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
+        with self._writer("train").as_default(step=step):
+            for name, multiplier in self.model.multipliers.items():
+                value = keras.ops.convert_to_numpy(multiplier)
+                tf.summary.scalar(
+                    f"constraints/{name}/batch_multiplier",
+                    float(np.mean(value)),
+                )
+            for name, penalty in self.model.penalties.items():
+                tf.summary.scalar(
+                    f"constraints/{name}/batch_penalty",
+                    float(keras.ops.convert_to_numpy(penalty)),
+                )
+
+
+def _set_schedule(model, schedule) -> None:
+    if model._tfc.schedule != schedule:
+        model._tfc.schedule = schedule
+        model.train_function = None

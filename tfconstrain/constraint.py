@@ -1,0 +1,430 @@
+"""The `Constraint` base class: kinds, bounds, violations and statistics.
+
+A constraint is `c(θ) <kind> bound` with `kind` one of `"<="`, `">="`, `"=="`.
+Its *violation* is
+
+    v = c - bound    for "<=" and "==",
+    v = bound - c    for ">=",
+
+so that `v <= 0` means satisfied for inequalities and `v == 0` for equalities.
+
+Values are computed from *statistics*: a tuple of tensors that add up across
+batches and replicas (for example `(n · mean, n)`, or the numerator and
+denominator counts of a rate). Adding statistics and only then forming the value
+is what makes dataset-level reports and multi-replica dual steps exact.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from tfconstrain.batch import Batch
+
+KIND_ALIASES = {
+    "<=": "<=",
+    "le": "<=",
+    ">=": ">=",
+    "ge": ">=",
+    "==": "==",
+    "eq": "==",
+}
+
+Statistics = tuple
+
+
+def normalize_kind(kind: Any, name: str) -> str:
+    """Returns the canonical kind (`"<="`, `">="` or `"=="`) for `kind`.
+
+    Raises:
+        ValueError: if `kind` is not a known kind or alias.
+    """
+    if isinstance(kind, str) and kind.strip().lower() in KIND_ALIASES:
+        return KIND_ALIASES[kind.strip().lower()]
+    raise ValueError(
+        f"Constraint '{name}': unknown kind {kind!r}. Expected one of "
+        f"{sorted(set(KIND_ALIASES))}."
+    )
+
+
+def normalize_bound(bound: Any, name: str) -> np.ndarray:
+    """Returns `bound` as a float32 array of shape `()` or `(k,)`.
+
+    Raises:
+        ValueError: if the bound is missing, not numeric, not finite, or of
+            rank > 1.
+    """
+    if bound is None:
+        raise ValueError(
+            f"Constraint '{name}': a bound is required (a float or a 1-D "
+            "array), got None."
+        )
+    if isinstance(bound, (str, bytes)):
+        raise ValueError(
+            f"Constraint '{name}': the bound must be a float or a 1-D array "
+            f"of floats, got {bound!r}."
+        )
+    try:
+        array = np.asarray(
+            keras.ops.convert_to_numpy(bound)
+            if tf.is_tensor(bound)
+            else bound,
+            dtype=np.float64,
+        )
+    except (TypeError, ValueError) as error:
+        raise ValueError(
+            f"Constraint '{name}': the bound must be a float or a 1-D array "
+            f"of floats, got {bound!r}."
+        ) from error
+    if array.ndim > 1:
+        raise ValueError(
+            f"Constraint '{name}': the bound must be a scalar or 1-D (its "
+            f"shape declares the constraint's shape), got shape "
+            f"{array.shape}."
+        )
+    if array.ndim == 1 and array.shape[0] == 0:
+        raise ValueError(f"Constraint '{name}': the bound is empty.")
+    if not np.all(np.isfinite(array)):
+        raise ValueError(
+            f"Constraint '{name}': the bound must be finite, got {bound!r}."
+        )
+    return array.astype(np.float32)
+
+
+def default_name(obj: Any) -> str:
+    """A constraint name derived from a function or an object's class."""
+    name = getattr(obj, "__name__", None) or type(obj).__name__
+    if name == "<lambda>":
+        name = "constraint"
+    return name
+
+
+class Constraint:
+    """Base class of constraints `c(θ) <kind> bound`.
+
+    Subclasses implement `call(batch)`, the differentiable batch value `c`
+    used by the primal step. They may also implement:
+
+    - `true_value(batch)`: the value that drives the dual step, the logs and
+      the reports, when it differs from `call` (e.g. a 0/1 rate whose smooth
+      surrogate is `call`). Default: `call`.
+    - `statistics(batch)` / `result(statistics)` (and `proxy_statistics` /
+      `proxy_result` for the primal value) to aggregate something other than
+      a weighted mean, e.g. rates as ratios of summed counts.
+
+    The default aggregation is the sample-weighted mean of batch values:
+    statistics `(w · c_batch, w)` with `w` the batch's total sample weight
+    (its size when there are no sample weights), and result `Σ w·c / Σ w`.
+
+    Example:
+
+    ```python
+    class MeanPrediction(tfc.Constraint):
+        def call(self, batch):
+            return keras.ops.mean(batch.y_pred)
+
+    model.add_constraint(MeanPrediction(">=", 0.3))
+    ```
+
+    Args:
+        kind: String. `"<="`, `">="` or `"=="` (aliases `"le"`, `"ge"`,
+            `"eq"`).
+        bound: Float or 1-D array. Its shape declares the constraint's shape.
+        name: String. Unique name within a model. Defaults to the class name.
+        proxy: Optional callable `fn(batch) -> Tensor`, a differentiable
+            surrogate used by the primal step instead of `call`; the dual
+            step then uses the constraint's own (true) value.
+        tolerance: Float. The constraint counts as satisfied when its
+            violation is `<= tolerance` (`|v| <= tolerance` for equalities).
+            Defaults to `1e-4` (float32 rounding alone can exceed 0).
+    """
+
+    def __init__(
+        self,
+        kind: str,
+        bound: Any,
+        *,
+        name: str | None = None,
+        proxy: Callable | None = None,
+        tolerance: float = 1e-4,
+    ):
+        self.name = str(name) if name is not None else default_name(self)
+        self.kind = normalize_kind(kind, self.name)
+        self.bound = normalize_bound(bound, self.name)
+        if proxy is not None and not callable(proxy):
+            raise TypeError(
+                f"Constraint '{self.name}': `proxy` must be callable, got "
+                f"{proxy!r}."
+            )
+        self.proxy = proxy
+        tolerance = float(tolerance)
+        if not np.isfinite(tolerance) or tolerance < 0:
+            raise ValueError(
+                f"Constraint '{self.name}': `tolerance` must be a finite "
+                f"number >= 0, got {tolerance}."
+            )
+        self.tolerance = tolerance
+
+    # ----------------------------------------------------------------- shape
+    @property
+    def shape(self) -> tuple:
+        """The constraint's shape: `()` or `(k,)`, declared by the bound."""
+        return tuple(self.bound.shape)
+
+    @property
+    def is_equality(self) -> bool:
+        return self.kind == "=="
+
+    # ---------------------------------------------------------------- values
+    def call(self, batch: Batch) -> tf.Tensor:
+        """The differentiable batch value `c` (scalar or 1-D)."""
+        raise NotImplementedError(
+            f"Constraint '{self.name}' ({type(self).__name__}) must "
+            "implement `call(batch)`."
+        )
+
+    def true_value(self, batch: Batch) -> tf.Tensor:
+        """The batch value that drives the dual step. Default: `call`."""
+        return self.call(batch)
+
+    @property
+    def has_distinct_true_value(self) -> bool:
+        """Whether the dual step sees other statistics than the primal step."""
+        return (
+            self.proxy is not None
+            or type(self).true_value is not Constraint.true_value
+        )
+
+    # ------------------------------------------------------------ statistics
+    def statistics_shapes(self) -> tuple:
+        """Shapes of the tensors returned by `statistics`."""
+        return (self.shape, ())
+
+    def statistics(self, batch: Batch) -> Statistics:
+        """Summable statistics of the true value for one batch."""
+        return self._mean_statistics(self.true_value(batch), batch)
+
+    def result(self, statistics: Statistics) -> tf.Tensor:
+        """The value for summed `statistics` (of `statistics_shapes`)."""
+        return _weighted_mean(statistics)
+
+    def proxy_statistics_shapes(self) -> tuple:
+        """Shapes of the tensors returned by `proxy_statistics`."""
+        if self.proxy is not None or self.has_distinct_true_value:
+            return (self.shape, ())
+        return self.statistics_shapes()
+
+    def proxy_statistics(self, batch: Batch) -> Statistics:
+        """Summable, differentiable statistics for the primal step."""
+        if self.proxy is not None:
+            return self._mean_statistics(self.proxy(batch), batch, "proxy")
+        if not self.has_distinct_true_value:
+            return self.statistics(batch)
+        return self._mean_statistics(self.call(batch), batch)
+
+    def proxy_result(self, statistics: Statistics) -> tf.Tensor:
+        """The differentiable value for summed proxy statistics."""
+        if self.proxy is not None or self.has_distinct_true_value:
+            return _weighted_mean(statistics)
+        return self.result(statistics)
+
+    def valid(self, statistics: Statistics) -> tf.Tensor | None:
+        """Boolean mask of entries that have data (None: all of them).
+
+        Entries without data (for example a group absent from the batch) get
+        no dual step.
+        """
+        return tf.broadcast_to(statistics[-1] > 0, self.shape)
+
+    def _mean_statistics(
+        self, value: Any, batch: Batch, what: str = "value"
+    ) -> Statistics:
+        value = self.check_value(value, what)
+        weight = batch.weight()
+        return (weight * value, weight)
+
+    def check_value(self, value: Any, what: str = "value") -> tf.Tensor:
+        """Checks a batch value's dtype and shape; returns it as float32.
+
+        Raises:
+            TypeError: for a non-numeric or integer value.
+            ValueError: for a value whose shape is not the declared one.
+        """
+        if value is None:
+            raise TypeError(
+                f"Constraint '{self.name}': the {what} function returned "
+                "None; it must return a scalar or 1-D float tensor."
+            )
+        try:
+            value = tf.convert_to_tensor(value)
+        except (TypeError, ValueError) as error:
+            raise TypeError(
+                f"Constraint '{self.name}': the {what} function must return "
+                f"a float tensor, got {value!r}."
+            ) from error
+        if not value.dtype.is_floating:
+            raise TypeError(
+                f"Constraint '{self.name}': the {what} function must return "
+                f"a float tensor, got dtype {value.dtype.name}. (Integer or "
+                "boolean values have no gradient; cast them and pass a "
+                "differentiable `proxy` for the primal step.)"
+            )
+        static = value.shape
+        if static.rank is None or static.rank > 1:
+            raise ValueError(
+                f"Constraint '{self.name}': the {what} function must return "
+                f"a scalar or a 1-D tensor, got shape {static}."
+            )
+        expected = self.shape
+        if static.rank == 1 and expected == () and static[0] == 1:
+            value = tf.reshape(value, [])
+        elif tuple(static) != expected and not (
+            static.rank == 1 and len(expected) == 1 and static[0] is None
+        ):
+            raise ValueError(
+                f"Constraint '{self.name}': the {what} function returned "
+                f"shape {tuple(static)}, but the bound declares shape "
+                f"{expected}. Give a bound of the value's shape."
+            )
+        return tf.cast(value, tf.float32)
+
+    # --------------------------------------------------------------- maths
+    def violation(self, value: tf.Tensor) -> tf.Tensor:
+        """`v = c - bound` (`"<="`, `"=="`) or `v = bound - c` (`">="`)."""
+        bound = tf.constant(self.bound, tf.float32)
+        if self.kind == ">=":
+            return bound - value
+        return value - bound
+
+    def positive_violation(self, violation: tf.Tensor) -> tf.Tensor:
+        """`max(0, v)` for inequalities, `|v|` for equalities."""
+        if self.is_equality:
+            return tf.abs(violation)
+        return tf.maximum(violation, 0.0)
+
+    # ------------------------------------------------------------- config
+    def get_config(self) -> dict:
+        """Returns the constructor arguments (Keras serialization)."""
+        config = {
+            "kind": self.kind,
+            "bound": self.bound.tolist(),
+            "name": self.name,
+            "tolerance": self.tolerance,
+        }
+        if self.proxy is not None:
+            config["proxy"] = keras.saving.serialize_keras_object(self.proxy)
+        return config
+
+    @classmethod
+    def from_config(cls, config: dict) -> Constraint:
+        config = dict(config)
+        if config.get("proxy") is not None:
+            config["proxy"] = keras.saving.deserialize_keras_object(
+                config["proxy"]
+            )
+        return cls(**config)
+
+    def __repr__(self) -> str:
+        bound = self.bound.tolist()
+        return f"<{type(self).__name__} '{self.name}': c {self.kind} {bound}>"
+
+
+def _weighted_mean(statistics: Statistics) -> tf.Tensor:
+    total, weight = statistics
+    return tf.math.divide_no_nan(total, weight)
+
+
+@keras.saving.register_keras_serializable(package="tfconstrain")
+class FunctionConstraint(Constraint):
+    """A constraint defined by a callable `fn(batch) -> Tensor`.
+
+    `fn` is used for the dual step, logs and reports; `proxy` (when given) for
+    the primal step. Dataset-level values are sample-weighted means of the
+    batch values, exact when `fn` is itself a mean over examples.
+
+    Args:
+        fn: Callable `fn(batch) -> Tensor` returning a scalar or 1-D float
+            tensor of fixed length.
+        kind: String. `"<="`, `">="` or `"=="`.
+        bound: Float or 1-D array.
+        name: String. Defaults to `fn.__name__`.
+        proxy: Optional differentiable callable with the same signature.
+        tolerance: Float. Defaults to `1e-4`.
+    """
+
+    def __init__(
+        self,
+        fn: Callable,
+        kind: str,
+        bound: Any,
+        *,
+        name: str | None = None,
+        proxy: Callable | None = None,
+        tolerance: float = 1e-4,
+    ):
+        if not callable(fn):
+            raise TypeError(
+                f"Constraint '{name or 'constraint'}': expected a callable "
+                f"`fn(batch)` or a `tfc.Constraint`, got {fn!r}."
+            )
+        _check_signature(fn, name or default_name(fn))
+        self.fn = fn
+        super().__init__(
+            kind,
+            bound,
+            name=name if name is not None else default_name(fn),
+            proxy=proxy,
+            tolerance=tolerance,
+        )
+
+    def call(self, batch: Batch) -> tf.Tensor:
+        return self.fn(batch)
+
+    @property
+    def has_distinct_true_value(self) -> bool:
+        return self.proxy is not None
+
+    def get_config(self) -> dict:
+        config = super().get_config()
+        config["fn"] = keras.saving.serialize_keras_object(self.fn)
+        return config
+
+    @classmethod
+    def from_config(cls, config: dict) -> FunctionConstraint:
+        config = dict(config)
+        name = config.get("name", "constraint")
+        try:
+            config["fn"] = keras.saving.deserialize_keras_object(config["fn"])
+        except Exception as error:  # noqa: BLE001 - re-raised with context
+            raise ValueError(
+                f"Constraint '{name}': cannot restore its function "
+                f"{config['fn']!r}. Register it with "
+                "`@keras.saving.register_keras_serializable()` before "
+                "saving, or pass it in `custom_objects` when loading."
+            ) from error
+        if not callable(config["fn"]):
+            raise ValueError(
+                f"Constraint '{name}': cannot restore its function from "
+                f"{config['fn']!r}. Register it with "
+                "`@keras.saving.register_keras_serializable()`."
+            )
+        return super().from_config(config)
+
+
+def _check_signature(fn: Callable, name: str) -> None:
+    try:
+        signature = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return
+    try:
+        signature.bind(None)
+    except TypeError as error:
+        raise TypeError(
+            f"Constraint '{name}': the function must take exactly one "
+            f"argument (a `tfc.Batch`), but its signature is {signature}."
+        ) from error

@@ -1,0 +1,3 @@
+"""Built-in constraints (rates, fairness, per-sample, robustness, causal)."""
+
+__all__: list = []

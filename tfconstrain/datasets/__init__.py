@@ -1,0 +1,3 @@
+"""Small datasets shipped with tfconstrain (no network at run time)."""
+
+__all__: list = []

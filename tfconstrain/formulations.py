@@ -1,0 +1,408 @@
+"""Formulations: how constraints and multipliers enter the primal objective.
+
+Every formulation adds, for each constraint with violation `v`, a term
+`ψ(v; λ, c)` to the loss `f`. The train step only needs the *weight*
+`w = ∂ψ/∂v`, evaluated at the global-batch violation and held constant
+(stop-gradient): the primal gradient is then `∇f + Σ w · ∇v`, the exact
+gradient of the formulation's objective. Formulations also say whether the
+multipliers move (dual step) and how penalty coefficients grow.
+
+| formulation          | ψ(v)                                   | w = ∂ψ/∂v        |
+| -------------------- | -------------------------------------- | ---------------- |
+| Lagrangian           | λ·v                                    | λ                |
+| AugmentedLagrangian  | (1/2c)([λ + c·v]₊² - λ²)  (inequality) | [λ + c·v]₊       |
+|                      | λ·v + (c/2)·v²            (equality)   | λ + c·v          |
+| QuadraticPenalty     | (c/2)·max(0, v)²          (inequality) | c·max(0, v)      |
+|                      | (c/2)·v²                  (equality)   | c·v              |
+| Penalty              | c·v                                    | c                |
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import keras
+import tensorflow as tf
+
+from tfconstrain.optimizers.base import DualOptimizer
+from tfconstrain.optimizers.base import GradientAscent
+from tfconstrain.optimizers.base import PenaltyStepAscent
+
+
+class Formulation:
+    """Base class: a primal objective and the rules of the dual step.
+
+    Attributes:
+        updates_multipliers: Whether the dual step moves the multipliers.
+        has_penalty: Whether each constraint has a penalty coefficient `c`
+            (model state, logged as `NAME_penalty`).
+    """
+
+    updates_multipliers = True
+    has_penalty = False
+
+    def primal_weight(
+        self,
+        violation: tf.Tensor,
+        multiplier: tf.Tensor,
+        penalty: tf.Tensor | None,
+        is_equality: bool,
+    ) -> tf.Tensor:
+        """`w = ∂ψ/∂v` at the given violation (treated as a constant)."""
+        raise NotImplementedError
+
+    def objective_term(
+        self,
+        violation: tf.Tensor,
+        multiplier: tf.Tensor,
+        penalty: tf.Tensor | None,
+        is_equality: bool,
+    ) -> tf.Tensor:
+        """`ψ(v)` summed over entries (for reporting the Lagrangian)."""
+        raise NotImplementedError
+
+    def default_dual_optimizer(self) -> DualOptimizer | None:
+        """The dual optimizer used when `compile` gets none."""
+        return GradientAscent(0.01)
+
+    @property
+    def initial_penalty(self) -> float | None:
+        return None
+
+    def next_penalty(
+        self, penalty: tf.Tensor, max_violation: tf.Tensor
+    ) -> tf.Tensor:
+        """The penalty after a dual step whose violation is `max_violation`."""
+        return penalty
+
+    @property
+    def max_multiplier(self) -> float | None:
+        return None
+
+    def get_config(self) -> dict:
+        return {}
+
+    @classmethod
+    def from_config(cls, config: dict) -> Formulation:
+        return cls(**config)
+
+    def __repr__(self) -> str:
+        arguments = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
+        return f"{type(self).__name__}({arguments})"
+
+
+def _check_max_multiplier(value: Any) -> float | None:
+    if value is None:
+        return None
+    value = float(value)
+    if not value > 0 or math.isnan(value):
+        raise ValueError(
+            f"`max_multiplier` must be a number > 0 or None, got {value}."
+        )
+    return value
+
+
+@keras.saving.register_keras_serializable(package="tfconstrain")
+class Lagrangian(Formulation):
+    """The Lagrangian `L(θ, λ) = f(θ) + Σ λ · v(θ)`.
+
+    Primal step: descent on `L` in `θ`. Dual step: ascent in `λ`, by default
+    `λ ← [λ + η · v]₊` (projected onto `λ >= 0` for inequalities, free for
+    equalities), with the `dual_optimizer` given to `compile`.
+
+    Args:
+        max_multiplier: Optional float. Multipliers are clipped to
+            `[-max_multiplier, max_multiplier]` after every dual step, a
+            safeguard against runaway growth on infeasible problems.
+            Defaults to `None` (no cap).
+    """
+
+    def __init__(self, max_multiplier: float | None = None):
+        self._max_multiplier = _check_max_multiplier(max_multiplier)
+
+    @property
+    def max_multiplier(self):
+        return self._max_multiplier
+
+    def primal_weight(self, violation, multiplier, penalty, is_equality):
+        return multiplier
+
+    def objective_term(self, violation, multiplier, penalty, is_equality):
+        return tf.reduce_sum(multiplier * violation)
+
+    def get_config(self):
+        return {"max_multiplier": self._max_multiplier}
+
+
+class _PenaltySchedule(Formulation):
+    """Shared penalty-coefficient state and growth rule."""
+
+    has_penalty = True
+
+    def __init__(
+        self,
+        penalty: float = 1.0,
+        penalty_growth: float | None = None,
+        max_penalty: float | None = None,
+        tolerance: float = 1e-4,
+        penalty_increment: float | None = None,
+        reset_on_feasible: bool = False,
+    ):
+        name = type(self).__name__
+        penalty = _finite(penalty, "penalty", name)
+        if not penalty > 0:
+            raise ValueError(
+                f"{name}: `penalty` must be > 0, got {penalty}. (A zero "
+                "penalty makes the (1/2c) term undefined; use "
+                "`tfc.Lagrangian()` for no penalty.)"
+            )
+        if penalty_growth is not None:
+            penalty_growth = _finite(penalty_growth, "penalty_growth", name)
+            if not penalty_growth > 1:
+                raise ValueError(
+                    f"{name}: `penalty_growth` must be a factor > 1, got "
+                    f"{penalty_growth}."
+                )
+        if penalty_increment is not None:
+            penalty_increment = _finite(
+                penalty_increment, "penalty_increment", name
+            )
+            if not penalty_increment > 0:
+                raise ValueError(
+                    f"{name}: `penalty_increment` must be > 0, got "
+                    f"{penalty_increment}."
+                )
+        if max_penalty is not None:
+            max_penalty = float(max_penalty)
+            if not max_penalty >= penalty:
+                raise ValueError(
+                    f"{name}: `max_penalty` ({max_penalty}) must be >= "
+                    f"`penalty` ({penalty})."
+                )
+        tolerance = _finite(tolerance, "tolerance", name)
+        if tolerance < 0:
+            raise ValueError(f"{name}: `tolerance` must be >= 0.")
+        self.penalty = penalty
+        self.penalty_growth = penalty_growth
+        self.max_penalty = max_penalty
+        self.tolerance = tolerance
+        self.penalty_increment = penalty_increment
+        self.reset_on_feasible = bool(reset_on_feasible)
+
+    @property
+    def initial_penalty(self):
+        return self.penalty
+
+    def next_penalty(self, penalty, max_violation):
+        """Grows `c` when the violation exceeds `tolerance`.
+
+        `c ← min(c · growth + increment, max_penalty)` if the violation is
+        above `tolerance`; otherwise `c` is kept, or reset to its initial
+        value when `reset_on_feasible` is set.
+        """
+        if self.penalty_growth is None and self.penalty_increment is None:
+            if not self.reset_on_feasible:
+                return penalty
+        grown = penalty
+        if self.penalty_growth is not None:
+            grown = grown * self.penalty_growth
+        if self.penalty_increment is not None:
+            grown = grown + self.penalty_increment
+        if self.max_penalty is not None:
+            grown = tf.minimum(grown, self.max_penalty)
+        feasible_value = (
+            tf.constant(self.penalty, penalty.dtype)
+            if self.reset_on_feasible
+            else penalty
+        )
+        return tf.where(max_violation > self.tolerance, grown, feasible_value)
+
+    def get_config(self):
+        return {
+            "penalty": self.penalty,
+            "penalty_growth": self.penalty_growth,
+            "max_penalty": self.max_penalty,
+            "tolerance": self.tolerance,
+            "penalty_increment": self.penalty_increment,
+            "reset_on_feasible": self.reset_on_feasible,
+        }
+
+
+@keras.saving.register_keras_serializable(package="tfconstrain")
+class AugmentedLagrangian(_PenaltySchedule):
+    """The augmented Lagrangian (Powell-Hestenes-Rockafellar form).
+
+    Primal objective, with penalty coefficient `c > 0`:
+
+        f + Σ (1/2c) · ([λ + c·v]₊² - λ²)     for inequalities,
+        f + Σ (μ·h + (c/2)·h²)                for equalities.
+
+    Dual step: with no `dual_optimizer` in `compile`, the classical method of
+    multipliers `λ ← [λ + c·v]₊` (`μ ← μ + c·h`), i.e. ascent with step `c`;
+    otherwise the given dual optimizer. After each dual step whose violation
+    (max over entries of `max(0, v)`, or `|v|` for equalities) exceeds
+    `tolerance`, `c ← min(c · penalty_growth + penalty_increment,
+    max_penalty)`; with `reset_on_feasible`, `c` returns to `penalty` when the
+    violation is within tolerance.
+
+    Args:
+        penalty: Float > 0. Initial `c`. Defaults to `1.0`.
+        penalty_growth: Optional float > 1. Multiplicative growth.
+        max_penalty: Optional float. Cap on `c`.
+        tolerance: Float >= 0. Violation above which `c` grows. Defaults to
+            `1e-4`.
+        penalty_increment: Optional float > 0. Additive growth.
+        reset_on_feasible: Bool. Reset `c` when feasible. Defaults to
+            `False`.
+        max_multiplier: Optional float. Cap on `|λ|` after every dual step.
+    """
+
+    def __init__(
+        self,
+        penalty: float = 1.0,
+        penalty_growth: float | None = None,
+        max_penalty: float | None = None,
+        tolerance: float = 1e-4,
+        penalty_increment: float | None = None,
+        reset_on_feasible: bool = False,
+        max_multiplier: float | None = None,
+    ):
+        super().__init__(
+            penalty,
+            penalty_growth,
+            max_penalty,
+            tolerance,
+            penalty_increment,
+            reset_on_feasible,
+        )
+        self._max_multiplier = _check_max_multiplier(max_multiplier)
+
+    @property
+    def max_multiplier(self):
+        return self._max_multiplier
+
+    def default_dual_optimizer(self):
+        return PenaltyStepAscent()
+
+    def primal_weight(self, violation, multiplier, penalty, is_equality):
+        shifted = multiplier + penalty * violation
+        if is_equality:
+            return shifted
+        return tf.maximum(shifted, 0.0)
+
+    def objective_term(self, violation, multiplier, penalty, is_equality):
+        if is_equality:
+            return tf.reduce_sum(
+                multiplier * violation + 0.5 * penalty * violation**2
+            )
+        shifted = tf.maximum(multiplier + penalty * violation, 0.0)
+        return tf.reduce_sum((shifted**2 - multiplier**2) / (2.0 * penalty))
+
+    def get_config(self):
+        config = super().get_config()
+        config["max_multiplier"] = self._max_multiplier
+        return config
+
+
+@keras.saving.register_keras_serializable(package="tfconstrain")
+class QuadraticPenalty(_PenaltySchedule):
+    """The quadratic penalty method; multipliers do not move.
+
+    Primal objective: `f + Σ (c/2) · max(0, v)²` for inequalities and
+    `f + Σ (c/2) · v²` for equalities. Its minimiser violates active
+    constraints by `O(1/c)`; `penalty_growth` drives `c` up while the
+    violation exceeds `tolerance`.
+
+    Args:
+        penalty: Float > 0. Initial `c`. Defaults to `1.0`.
+        penalty_growth: Optional float > 1. Multiplicative growth.
+        max_penalty: Optional float. Cap on `c`.
+        tolerance: Float >= 0. Defaults to `1e-4`.
+        penalty_increment: Optional float > 0. Additive growth.
+        reset_on_feasible: Bool. Defaults to `False`.
+    """
+
+    updates_multipliers = False
+
+    def default_dual_optimizer(self):
+        return None
+
+    def primal_weight(self, violation, multiplier, penalty, is_equality):
+        if is_equality:
+            return penalty * violation
+        return penalty * tf.maximum(violation, 0.0)
+
+    def objective_term(self, violation, multiplier, penalty, is_equality):
+        if not is_equality:
+            violation = tf.maximum(violation, 0.0)
+        return tf.reduce_sum(0.5 * penalty * violation**2)
+
+
+@keras.saving.register_keras_serializable(package="tfconstrain")
+class Penalty(Formulation):
+    """The fixed-weight baseline `f + Σ c · v` (linear, no `max`).
+
+    This is the hand-tuned penalty that constrained optimisation replaces:
+    the multipliers are frozen at `coefficient` (`model.multipliers[NAME]`
+    reads `c` and never changes). Useful to reproduce the baseline with the
+    same model and data by switching one argument.
+
+    Args:
+        coefficient: Float >= 0. The fixed weight `c` of every constraint.
+    """
+
+    updates_multipliers = False
+
+    def __init__(self, coefficient: float):
+        coefficient = _finite(coefficient, "coefficient", "Penalty")
+        if coefficient < 0:
+            raise ValueError(
+                f"Penalty: `coefficient` must be >= 0, got {coefficient}."
+            )
+        self.coefficient = coefficient
+
+    def default_dual_optimizer(self):
+        return None
+
+    def primal_weight(self, violation, multiplier, penalty, is_equality):
+        return multiplier
+
+    def objective_term(self, violation, multiplier, penalty, is_equality):
+        return tf.reduce_sum(multiplier * violation)
+
+    def get_config(self):
+        return {"coefficient": self.coefficient}
+
+
+def _finite(value: Any, argument: str, owner: str) -> float:
+    try:
+        value = float(value)
+    except (TypeError, ValueError) as error:
+        raise TypeError(
+            f"{owner}: `{argument}` must be a number, got {value!r}."
+        ) from error
+    if not math.isfinite(value):
+        raise ValueError(f"{owner}: `{argument}` must be finite, got {value}.")
+    return value
+
+
+def get(identifier: Any) -> Formulation:
+    """Resolves the `formulation` argument of `compile` (None: Lagrangian)."""
+    if identifier is None:
+        return Lagrangian()
+    if isinstance(identifier, Formulation):
+        return identifier
+    if isinstance(identifier, str):
+        names = {
+            "lagrangian": Lagrangian,
+            "augmented_lagrangian": AugmentedLagrangian,
+            "quadratic_penalty": QuadraticPenalty,
+        }
+        if identifier.lower() in names:
+            return names[identifier.lower()]()
+    raise TypeError(
+        "`formulation` must be a `tfc.Lagrangian()`, "
+        "`tfc.AugmentedLagrangian(...)`, `tfc.QuadraticPenalty(...)` or "
+        f"`tfc.Penalty(coefficient)`; got {identifier!r}."
+    )

@@ -1,0 +1,85 @@
+"""`ConstraintMetric`: dataset-level accumulation of a constraint's statistics.
+
+One metric per constraint accumulates the constraint's summable statistics
+over an epoch (or an `evaluate` run). Its variables are Keras metric variables
+(sync-on-read, summed across replicas when read outside the step), so the
+epoch-level value is the exact value over the whole dataset, independent of
+batch size and replica count.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import keras
+import tensorflow as tf
+
+from tfconstrain.constraint import Constraint
+
+
+class ConstraintMetric(keras.metrics.Metric):
+    """Accumulates one constraint's statistics and reports its log keys.
+
+    `result()` returns the constraint's log entries:
+
+    - `NAME`: the value (for vectors, the entry with the largest violation),
+    - `NAME_violation`: `max(0, v)` (`|v|` for equalities), max over entries,
+    - `NAME_multiplier`: the multiplier (mean over entries),
+    - `NAME_penalty`: the penalty coefficient, when the formulation has one.
+
+    Args:
+        constraint: The `tfc.Constraint`.
+        multiplier: Callable returning the multiplier variable.
+        penalty: Callable returning the penalty variable, or `None`.
+    """
+
+    def __init__(
+        self,
+        constraint: Constraint,
+        multiplier: Callable,
+        penalty: Callable | None = None,
+    ):
+        super().__init__(name=constraint.name, dtype="float32")
+        self._constraint = constraint
+        self._multiplier = multiplier
+        self._penalty = penalty
+        self.totals = [
+            self.add_variable(
+                shape=shape, initializer="zeros", name=f"statistic_{i}"
+            )
+            for i, shape in enumerate(constraint.statistics_shapes())
+        ]
+
+    def set_penalty(self, penalty: Callable | None) -> None:
+        self._penalty = penalty
+
+    def update_state(self, statistics) -> None:
+        for total, statistic in zip(self.totals, statistics):
+            total.assign_add(tf.cast(statistic, total.dtype))
+
+    def value(self) -> tf.Tensor:
+        """The accumulated constraint value (full shape)."""
+        return self._constraint.result(
+            tuple(tf.convert_to_tensor(t) for t in self.totals)
+        )
+
+    def result(self) -> dict:
+        name = self._constraint.name
+        value = self.value()
+        violation = self._constraint.positive_violation(
+            self._constraint.violation(value)
+        )
+        if value.shape.rank:
+            worst = tf.argmax(violation)
+            value = tf.gather(value, worst)
+            violation = tf.gather(violation, worst)
+        logs = {
+            name: value,
+            f"{name}_violation": violation,
+            f"{name}_multiplier": tf.reduce_mean(
+                tf.convert_to_tensor(self._multiplier())
+            ),
+        }
+        if self._penalty is not None:
+            logs[f"{name}_penalty"] = tf.convert_to_tensor(self._penalty())
+        return logs

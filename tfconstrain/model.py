@@ -1,0 +1,988 @@
+"""`ConstrainedModel` and `ConstrainedSequential`: the Keras plumbing.
+
+The maths lives elsewhere (constraint statistics in `constraint.py`, primal
+weights and penalty rules in `formulations.py`, multiplier updates in
+`optimizers/`, replica reductions in `distribute.py`). This module wires them
+into Keras' `train_step` / `test_step`, `compile`, saving and logging.
+
+One training step (all inside the compiled step, no host round trip):
+
+    unpack → split side information → forward → loss f (Keras' own)
+      → constraint statistics (true and proxy) → all-reduce across replicas
+      → dual step (alternating: now; simultaneous: after the primal step)
+      → f + Σ stop_gradient(w) · v → gradients → primal step → metrics
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from typing import Any
+from typing import NamedTuple
+
+import keras
+import numpy as np
+import tensorflow as tf
+from keras.src.models.functional import Functional
+
+from tfconstrain import distribute
+from tfconstrain import formulations as formulations_module
+from tfconstrain import optimizers as optimizers_module
+from tfconstrain.batch import Batch
+from tfconstrain.constraint import Constraint
+from tfconstrain.constraint import FunctionConstraint
+from tfconstrain.metrics import ConstraintMetric
+
+UPDATE_SCHEMES = ("alternating", "simultaneous", "alternating_primal_first")
+RESERVED_NAMES = ("loss", "lagrangian")
+
+
+class _DualSchedule(NamedTuple):
+    """When the dual step runs: every `every` steps after `warmup` steps."""
+
+    every: Any = 1  # int >= 1, or "epoch"
+    warmup: int = 0
+
+
+class _ConstraintStep(NamedTuple):
+    """One constraint's quantities in one step (graph tensors)."""
+
+    constraint: Constraint
+    violation: tf.Tensor  # true violation of the global batch (constant)
+    mask: tf.Tensor | None  # entries with data
+    proxy_violation: tf.Tensor | None  # differentiable, global value
+
+
+class _Bookkeeping:
+    """Plain Python state kept out of Keras' attribute tracking."""
+
+    def __init__(self):
+        self.constraints: list[Constraint] = []
+        self.multiplier_inits: dict[str, float] = {}
+        self.multipliers: dict[str, Any] = {}
+        self.metrics: dict[str, ConstraintMetric] = {}
+        self.dual_variables: list = []
+        self.penalties: dict[str, Any] = {}
+        self.side_information: tuple = ()
+        self.layer_constraint_names: set = set()
+        self.formulation = None
+        self.dual_optimizer = None
+        self.dual_optimizer_argument = None
+        self.update = "alternating"
+        self.schedule = _DualSchedule()
+
+
+_FUNCTIONAL_TWINS: dict[type, type] = {}
+
+
+def _functional_twin(cls: type) -> type:
+    """A subclass of `cls` and Keras' `Functional`, made once per class.
+
+    Keras turns a `Model` subclass called with `(inputs, outputs)` into a
+    Functional model by rewriting the class's bases in place, which would
+    break later subclassed use of the same class. The twin keeps `cls`
+    untouched.
+    """
+    if issubclass(cls, Functional):
+        return cls
+    if cls not in _FUNCTIONAL_TWINS:
+        twin = type(
+            cls.__name__,
+            (cls, Functional),
+            {"__module__": cls.__module__, "_constrained_base": cls},
+        )
+        registered = keras.saving.get_registered_name(cls)
+        if ">" in registered:
+            package, name = registered.split(">", 1)
+            keras.saving.register_keras_serializable(package, name)(twin)
+        _FUNCTIONAL_TWINS[cls] = twin
+    return _FUNCTIONAL_TWINS[cls]
+
+
+def _is_functional_call(args: tuple, kwargs: dict) -> bool:
+    return (len(args) == 2) or (
+        len(args) == 1 and "outputs" in kwargs
+    ) or ("inputs" in kwargs and "outputs" in kwargs)
+
+
+@keras.saving.register_keras_serializable(package="tfconstrain")
+class ConstrainedModel(keras.Model):
+    """A `keras.Model` trained under constraints by Lagrangian methods.
+
+    Build it like any Keras model: functional
+    (`tfc.ConstrainedModel(inputs, outputs)`) or by subclassing. Attach
+    constraints with `add_constraint`, then `compile` and `fit` as usual.
+    Each training step minimises the formulation's objective (by default the
+    Lagrangian `f + Σ λ·v`) in the weights and moves the multipliers `λ` by
+    projected ascent, inside the compiled step.
+
+    Example:
+
+    ```python
+    inputs = keras.Input((8,))
+    outputs = keras.layers.Dense(1, activation="sigmoid")(inputs)
+    model = tfc.ConstrainedModel(inputs, outputs)
+    model.add_constraint(
+        lambda batch: keras.ops.mean(batch.y_pred), ">=", 0.3,
+        name="positive_rate",
+    )
+    model.compile(optimizer="adam", loss="binary_crossentropy",
+                  dual_optimizer=0.05)
+    model.fit(x, y, epochs=5)
+    model.constraint_report((x, y))
+    ```
+
+    Args:
+        side_information: Tuple of strings. Keys of the `x` dict that are not
+            model inputs but side information for constraints (exposed as
+            `batch.features[key]`). Functional models also treat every key
+            that is not an input name as side information.
+        *args, **kwargs: Passed to `keras.Model`.
+    """
+
+    def __new__(cls, *args, **kwargs):
+        if _is_functional_call(args, kwargs):
+            cls = _functional_twin(cls)
+        return super().__new__(cls, *args, **kwargs)
+
+    def __init__(self, *args, side_information=(), **kwargs):
+        super().__init__(*args, **kwargs)
+        self._tfc = _Bookkeeping()
+        self._tfc.side_information = self._check_side_information(
+            side_information
+        )
+
+    # ------------------------------------------------------------ public API
+    def add_constraint(
+        self,
+        constraint: Constraint | Callable,
+        kind: str | None = None,
+        bound: Any = None,
+        *,
+        name: str | None = None,
+        proxy: Callable | None = None,
+        multiplier_init: Any = 0.0,
+    ) -> Constraint:
+        """Adds the constraint `constraint(batch) <kind> bound`.
+
+        Args:
+            constraint: A `tfc.Constraint`, or a callable `fn(batch) ->
+                Tensor` returning a scalar or a 1-D float tensor of fixed
+                length.
+            kind: String. `"<="`, `">="` or `"=="` (aliases `"le"`, `"ge"`,
+                `"eq"`). Required for callables; overrides a `Constraint`'s.
+            bound: Float or 1-D array; its shape declares the constraint's
+                shape. Required for callables; overrides a `Constraint`'s.
+            name: String. Unique name; defaults to the function or class
+                name.
+            proxy: Optional differentiable callable with the same signature,
+                used by the primal step instead of `constraint`.
+            multiplier_init: Float or array. Initial multiplier (must be
+                `>= 0` for inequalities). Defaults to `0.0`.
+
+        Returns:
+            The `tfc.Constraint` added.
+
+        Raises:
+            ValueError: for a duplicate or reserved name, an unknown kind, a
+                bound of the wrong shape or not finite, a bad
+                `multiplier_init`.
+            TypeError: for a constraint that is neither callable nor a
+                `tfc.Constraint`.
+        """
+        constraint = self._as_constraint(
+            constraint, kind, bound, name, proxy
+        )
+        return self._register_constraint(constraint, multiplier_init)
+
+    @property
+    def constraints(self) -> list[Constraint]:
+        """The model's constraints, including those registered by layers."""
+        self._collect_layer_constraints()
+        return list(self._tfc.constraints)
+
+    @property
+    def multipliers(self) -> dict[str, Any]:
+        """Dict `name -> multiplier variable` (shape `()` or `(k,)`)."""
+        self._collect_layer_constraints()
+        return dict(self._tfc.multipliers)
+
+    @property
+    def penalties(self) -> dict[str, Any]:
+        """Dict `name -> penalty coefficient variable` (penalty methods)."""
+        return dict(self._tfc.penalties)
+
+    @property
+    def formulation(self):
+        """The compiled formulation (`tfc.Lagrangian()` until compiled)."""
+        return self._tfc.formulation or formulations_module.Lagrangian()
+
+    @property
+    def dual_optimizer(self):
+        """The compiled dual optimizer (`None` if the multipliers are fixed)."""
+        return self._tfc.dual_optimizer
+
+    def constraint_report(self, data: Any, batch_size: int | None = None):
+        """Evaluates every constraint over a whole dataset.
+
+        Args:
+            data: What `evaluate` takes: `x` alone, a tuple `(x, y)` or
+                `(x, y, sample_weight)`, or a `tf.data.Dataset`.
+            batch_size: Int. Batch size for array inputs. Defaults to 32.
+
+        Returns:
+            Dict `name -> {"value", "bound", "kind", "violation",
+            "satisfied", "multiplier"}`. Scalars for scalar constraints,
+            numpy arrays for vector ones; `violation` is `max(0, v)` (`|v|`
+            for equalities) per entry and `satisfied` is whether every entry
+            is within the constraint's tolerance.
+        """
+        from tfconstrain.report import constraint_report
+
+        return constraint_report(self, data, batch_size)
+
+    # --------------------------------------------------------------- compile
+    def compile(
+        self,
+        *args,
+        formulation=None,
+        dual_optimizer=None,
+        update: str = "alternating",
+        **kwargs,
+    ):
+        """Configures the model for constrained training.
+
+        Args:
+            formulation: `tfc.Lagrangian()` (default),
+                `tfc.AugmentedLagrangian(...)`, `tfc.QuadraticPenalty(...)` or
+                `tfc.Penalty(coefficient)`.
+            dual_optimizer: A float (learning rate of projected gradient
+                ascent), a `keras.optimizers.Optimizer` (used for ascent) or
+                a `tfc.optimizers` dual optimizer such as `NuPI`. Defaults to
+                gradient ascent with learning rate `1e-2` (for the augmented
+                Lagrangian: the classical step `λ ← [λ + c·v]₊`).
+            update: `"alternating"` (dual step first, then the primal step
+                with the new multipliers; one forward pass),
+                `"simultaneous"` (both steps from the same point), or
+                `"alternating_primal_first"` (primal step first, then the dual
+                step at the updated weights; one extra forward pass).
+            *args, **kwargs: Keras' own `compile` arguments.
+        """
+        formulation = formulations_module.get(formulation)
+        if update not in UPDATE_SCHEMES:
+            raise ValueError(
+                f"`update` must be one of {UPDATE_SCHEMES}, got {update!r}."
+            )
+        if dual_optimizer is None:
+            dual = formulation.default_dual_optimizer()
+        else:
+            dual = optimizers_module.get(dual_optimizer)
+            if not formulation.updates_multipliers:
+                import warnings
+
+                warnings.warn(
+                    f"{type(formulation).__name__} keeps the multipliers "
+                    "fixed, so `dual_optimizer` is not used.",
+                    UserWarning,
+                    stacklevel=2,
+                )
+                dual = None
+        super().compile(*args, **kwargs)
+        state = self._tfc
+        state.formulation = formulation
+        state.dual_optimizer = dual
+        state.dual_optimizer_argument = dual_optimizer
+        state.update = update
+        self._collect_layer_constraints()
+        self._build_dual_state()
+
+    def get_compile_config(self):
+        config = super().get_compile_config()
+        if not config:
+            return config
+        state = self._tfc
+        argument = state.dual_optimizer_argument
+        if argument is not None and not isinstance(argument, (int, float)):
+            argument = keras.saving.serialize_keras_object(argument)
+        config["formulation"] = keras.saving.serialize_keras_object(
+            state.formulation
+        )
+        config["dual_optimizer"] = argument
+        config["update"] = state.update
+        return config
+
+    def compile_from_config(self, config):
+        config = dict(config)
+        formulation = config.pop("formulation", None)
+        dual_optimizer = config.pop("dual_optimizer", None)
+        update = config.pop("update", "alternating")
+        if isinstance(formulation, dict):
+            formulation = keras.saving.deserialize_keras_object(formulation)
+        if isinstance(dual_optimizer, dict):
+            dual_optimizer = keras.saving.deserialize_keras_object(
+                dual_optimizer
+            )
+        config = keras.saving.deserialize_keras_object(config)
+        self.compile(
+            **config,
+            formulation=formulation,
+            dual_optimizer=dual_optimizer,
+            update=update,
+        )
+        if getattr(self, "optimizer", None) is not None and self.built:
+            self.optimizer.build(self.trainable_variables)
+
+    # ---------------------------------------------------------------- steps
+    def __call__(self, inputs, *args, **kwargs):
+        inputs, _ = self._split_side_information(inputs)
+        return super().__call__(inputs, *args, **kwargs)
+
+    def train_step(self, data):
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        x, features = self._split_side_information(x)
+        update = self._tfc.update
+        with tf.GradientTape() as tape:
+            y_pred = self._forward(x, training=True)
+            loss = self._compute_loss(
+                x=x,
+                y=y,
+                y_pred=y_pred,
+                sample_weight=sample_weight,
+                training=True,
+            )
+            self._loss_tracker.update_state(
+                distribute.unscale_replica_loss(loss),
+                sample_weight=_batch_size(x),
+            )
+            batch = Batch(x, y, y_pred, sample_weight, features, True)
+            steps = self._constraint_steps(
+                batch, primal=True, track=update != "alternating_primal_first"
+            )
+            if update == "alternating":
+                with tape.stop_recording():
+                    self._scheduled_dual_step(steps)
+            objective = loss + self._constraint_terms(steps)
+            if self.optimizer is not None:
+                objective = self.optimizer.scale_loss(objective)
+        trainable = self.trainable_weights
+        if trainable:
+            gradients = tape.gradient(objective, trainable)
+            self.optimizer.apply(gradients, trainable)
+        if update == "simultaneous":
+            self._scheduled_dual_step(steps)
+        elif update == "alternating_primal_first":
+            y_after = self._forward(x, training=True)
+            batch = Batch(x, y, y_after, sample_weight, features, True)
+            self._scheduled_dual_step(
+                self._constraint_steps(batch, primal=False, track=True)
+            )
+        self._update_compiled_metrics(y, y_pred, sample_weight)
+        return self._step_logs()
+
+    def test_step(self, data):
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        x, features = self._split_side_information(x)
+        y_pred = self._forward(x, training=False)
+        loss = self._compute_loss(
+            x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=False
+        )
+        self._loss_tracker.update_state(
+            distribute.unscale_replica_loss(loss),
+            sample_weight=_batch_size(x),
+        )
+        batch = Batch(x, y, y_pred, sample_weight, features, False)
+        for constraint in self._tfc.constraints:
+            statistics = self._statistics(constraint, batch, "true")
+            self._tfc.metrics[constraint.name].update_state(statistics)
+        self._update_compiled_metrics(y, y_pred, sample_weight)
+        return self._step_logs()
+
+    def _forward(self, x, training):
+        if self._call_has_training_arg:
+            return self(x, training=training)
+        return self(x)
+
+    def _update_compiled_metrics(self, y, y_pred, sample_weight):
+        if self._compile_metrics is not None:
+            self._compile_metrics.update_state(y, y_pred, sample_weight)
+
+    def _step_logs(self) -> dict:
+        """Plain Keras' step logs: every metric but the constraint ones.
+
+        Constraint keys are left out of per-step logs (each extra key costs
+        a host conversion per batch); epoch logs get them, exactly, from
+        `_get_metrics_result_or_logs`.
+        """
+        logs = {}
+        for metric in self.metrics:
+            if isinstance(metric, ConstraintMetric):
+                continue
+            result = metric.result()
+            if isinstance(result, dict):
+                logs.update(result)
+            else:
+                logs[metric.name] = result
+        return logs
+
+    def _get_metrics_result_or_logs(self, logs):
+        # Keras reads the metrics again (cross-replica, exact) only when the
+        # step returned exactly the metric keys. Our steps return all but the
+        # constraint keys, which must still reach the epoch logs.
+        metric_logs = self.get_metrics_result()
+        if isinstance(logs, dict) and set(logs) <= set(metric_logs):
+            return metric_logs
+        return logs
+
+    # ------------------------------------------------------ constraint maths
+    def _statistics(self, constraint: Constraint, batch: Batch, which: str):
+        """A constraint's statistics for the batch, checked, as float32."""
+        try:
+            if which == "true":
+                statistics = constraint.statistics(batch)
+                shapes = constraint.statistics_shapes()
+            else:
+                statistics = constraint.proxy_statistics(batch)
+                shapes = constraint.proxy_statistics_shapes()
+        except (KeyError, TypeError, ValueError) as error:
+            raise _with_constraint_name(error, constraint, batch) from error
+        statistics = tuple(tf.cast(s, tf.float32) for s in statistics)
+        if len(statistics) != len(shapes) or any(
+            not s.shape.is_compatible_with(shape)
+            for s, shape in zip(statistics, shapes)
+        ):
+            raise ValueError(
+                f"Constraint '{constraint.name}': its {which} statistics have "
+                f"shapes {[tuple(s.shape) for s in statistics]}, expected "
+                f"{[tuple(s) for s in shapes]}."
+            )
+        return statistics
+
+    def _constraint_steps(self, batch, primal: bool, track: bool):
+        """Statistics → replica reduction → violations, for all constraints.
+
+        Args:
+            batch: The `Batch`.
+            primal: Whether to also compute the differentiable (proxy)
+                violations for the primal objective.
+            track: Whether to accumulate the true statistics in the epoch
+                metrics.
+        """
+        local = []
+        for constraint in self._tfc.constraints:
+            proxy = None
+            if primal:
+                proxy = self._statistics(constraint, batch, "proxy")
+            if proxy is None or constraint.has_distinct_true_value:
+                true = tuple(
+                    tf.stop_gradient(s)
+                    for s in self._statistics(constraint, batch, "true")
+                )
+            else:
+                true = proxy
+            local.append((constraint, true, proxy))
+            if track:
+                self._tfc.metrics[constraint.name].update_state(
+                    tuple(tf.stop_gradient(s) for s in true)
+                )
+        replicated = distribute.num_replicas() > 1
+        flat = []
+        for _, true, proxy in local:
+            flat.extend(tf.stop_gradient(s) for s in true)
+            if proxy is not None and proxy is not true:
+                flat.extend(tf.stop_gradient(s) for s in proxy)
+        reduced = iter(distribute.all_reduce_sum(flat) if replicated else flat)
+        steps = []
+        for constraint, true, proxy in local:
+            true_global = tuple(next(reduced) for _ in true)
+            violation = constraint.violation(constraint.result(true_global))
+            mask = tf.math.is_finite(violation)
+            valid = constraint.valid(true_global)
+            if valid is not None:
+                mask = tf.logical_and(mask, valid)
+            proxy_violation = None
+            if proxy is not None:
+                if proxy is true:
+                    result_fn, proxy_global = constraint.result, true_global
+                else:
+                    result_fn = constraint.proxy_result
+                    proxy_global = tuple(next(reduced) for _ in proxy)
+                if replicated:
+                    value = distribute.global_value_with_local_gradient(
+                        result_fn, proxy, proxy_global
+                    )
+                else:
+                    value = result_fn(proxy)
+                proxy_violation = constraint.violation(value)
+            steps.append(
+                _ConstraintStep(constraint, violation, mask, proxy_violation)
+            )
+        return steps
+
+    def _constraint_terms(self, steps) -> tf.Tensor:
+        """`Σ stop_gradient(w) · v` over constraints (primal objective)."""
+        formulation = self._tfc.formulation
+        total = tf.constant(0.0, tf.float32)
+        for step in steps:
+            name = step.constraint.name
+            violation = step.proxy_violation
+            penalty = self._tfc.penalties.get(name)
+            weight = formulation.primal_weight(
+                tf.stop_gradient(violation),
+                tf.convert_to_tensor(self._tfc.multipliers[name]),
+                None if penalty is None else tf.convert_to_tensor(penalty),
+                step.constraint.is_equality,
+            )
+            total += tf.reduce_sum(tf.stop_gradient(weight) * violation)
+        return total
+
+    def _scheduled_dual_step(self, steps) -> None:
+        every, warmup = self._tfc.schedule
+        if every == "epoch" or not steps:
+            return
+        if every == 1 and warmup == 0:
+            self._dual_step(steps)
+            return
+        iteration = tf.convert_to_tensor(self.optimizer.iterations)
+        due = tf.logical_and(
+            iteration >= warmup, (iteration - warmup) % every == 0
+        )
+
+        def run():
+            self._dual_step(steps)
+            return tf.constant(True)
+
+        tf.cond(due, run, lambda: tf.constant(False))
+
+    def _dual_step(self, steps) -> None:
+        """Moves multipliers (and penalties) given global-batch violations.
+
+        For each constraint: `λ ← Π(propose(λ, v))` on entries with data,
+        where `Π` projects inequality multipliers onto `[0, max]` (equality
+        ones onto `[-max, max]`); then the penalty coefficient (if any)
+        follows the formulation's growth rule.
+        """
+        state = self._tfc
+        formulation = state.formulation
+        dual = state.dual_optimizer
+        if dual is None and not formulation.has_penalty:
+            return
+        for step in steps:
+            constraint = step.constraint
+            name = constraint.name
+            penalty = state.penalties.get(name)
+            penalty_value = (
+                None if penalty is None else tf.convert_to_tensor(penalty)
+            )
+            violation = tf.where(
+                step.mask, step.violation, tf.zeros_like(step.violation)
+            )
+            if dual is not None:
+                multiplier = state.multipliers[name]
+                old = tf.convert_to_tensor(multiplier)
+                proposed = dual.propose(
+                    name, multiplier, violation, step.mask, penalty_value
+                )
+                new = tf.where(step.mask, proposed, old)
+                multiplier.assign(
+                    _project(new, constraint, formulation.max_multiplier)
+                )
+            if penalty is not None:
+                worst = tf.reduce_max(constraint.positive_violation(violation))
+                penalty.assign(formulation.next_penalty(penalty_value, worst))
+        if dual is not None:
+            dual.finish_step()
+
+    def _epoch_violations(self) -> list:
+        """`(violation, mask)` per constraint from the epoch aggregates."""
+        values = []
+        for constraint in self._tfc.constraints:
+            metric = self._tfc.metrics[constraint.name]
+            totals = tuple(tf.convert_to_tensor(t) for t in metric.totals)
+            violation = constraint.violation(constraint.result(totals))
+            mask = tf.math.is_finite(violation)
+            valid = constraint.valid(totals)
+            if valid is not None:
+                mask = tf.logical_and(mask, valid)
+            values.append((violation.numpy(), mask.numpy()))
+        return values
+
+    def _run_epoch_dual_step(self, values: list) -> None:
+        """One dual step from dataset-level violations (eager, all replicas)."""
+        constraints = list(self._tfc.constraints)
+        strategy = self.distribute_strategy
+
+        def replica_step(violations, masks):
+            self._dual_step(
+                [
+                    _ConstraintStep(c, v, m, None)
+                    for c, v, m in zip(constraints, violations, masks)
+                ]
+            )
+            return tf.constant(0)
+
+        violations = [tf.constant(v, tf.float32) for v, _ in values]
+        masks = [tf.constant(m, tf.bool) for _, m in values]
+        tf.function(
+            lambda v, m: strategy.run(replica_step, args=(v, m))
+        )(violations, masks)
+
+    # ------------------------------------------------------ constraint setup
+    def _as_constraint(self, constraint, kind, bound, name, proxy):
+        if isinstance(constraint, Constraint):
+            if kind is None and bound is None and name is None and (
+                proxy is None
+            ):
+                return constraint
+            config = constraint.get_config()
+            if kind is not None:
+                config["kind"] = kind
+            if bound is not None:
+                config["bound"] = bound
+            if name is not None:
+                config["name"] = name
+            copy = type(constraint).from_config(config)
+            if proxy is not None:
+                copy.proxy = proxy
+            return copy
+        label = name or getattr(constraint, "__name__", "constraint")
+        if not callable(constraint):
+            raise TypeError(
+                f"Constraint '{label}': expected a callable `fn(batch)` or a "
+                f"`tfc.Constraint`, got {constraint!r}."
+            )
+        if kind is None:
+            raise ValueError(
+                f"Constraint '{label}': `kind` is required for a callable "
+                "constraint ('<=', '>=' or '==')."
+            )
+        return FunctionConstraint(
+            constraint, kind, bound, name=name, proxy=proxy
+        )
+
+    def _register_constraint(self, constraint, multiplier_init):
+        state = self._tfc
+        name = constraint.name
+        if name in state.multipliers:
+            raise ValueError(
+                f"Constraint '{name}': a constraint with this name already "
+                "exists in the model. Pass a unique `name=`."
+            )
+        if name in RESERVED_NAMES:
+            raise ValueError(
+                f"Constraint '{name}': this name is reserved for Keras logs; "
+                "pass another `name=`."
+            )
+        initial = _check_multiplier_init(multiplier_init, constraint)
+        started = any(
+            getattr(self, attr, None) is not None
+            for attr in ("train_function", "test_function")
+        )
+        with self._state_creation():
+            multiplier = self.add_weight(
+                name=f"{name}_multiplier",
+                shape=constraint.shape,
+                initializer=keras.initializers.Constant(initial),
+                trainable=False,
+                dtype="float32",
+                autocast=False,
+            )
+            state.multipliers[name] = multiplier
+            state.multiplier_inits[name] = initial
+            state.constraints.append(constraint)
+            metric = ConstraintMetric(constraint, lambda: multiplier)
+            state.metrics[name] = metric
+            self._tfc_metrics = list(state.metrics.values())
+        if self.compiled:
+            self._build_dual_state()
+        if started:
+            # Rebuilt safely: the compiled step functions are traced again.
+            self.train_function = None
+            self.test_function = None
+            self.predict_function = None
+        return constraint
+
+    def _collect_layer_constraints(self) -> None:
+        """Registers constraints that layers declared (see `tfc.layers`).
+
+        Runs eagerly (compile, step-function creation, properties); inside a
+        traced function it does nothing, since it may create variables.
+        """
+        if tf.inside_function() or "_tfc" not in self.__dict__:
+            return
+        from tfconstrain.layers.registration import layer_constraints
+
+        state = self._tfc
+        for constraint, initial in layer_constraints(self):
+            if constraint.name in state.layer_constraint_names:
+                continue
+            self._register_constraint(constraint, initial)
+            state.layer_constraint_names.add(constraint.name)
+
+    def make_train_function(self, force=False):
+        self._collect_layer_constraints()
+        return super().make_train_function(force=force)
+
+    def make_test_function(self, force=False):
+        self._collect_layer_constraints()
+        return super().make_test_function(force=force)
+
+    def _build_dual_state(self) -> None:
+        """(Re)creates penalty and dual-optimizer state, outside any step.
+
+        Values of state that survives the rebuild (same variable name and
+        shape) are kept, so adding a constraint after `compile` or re-running
+        `compile` with the same formulation loses nothing.
+        """
+        state = self._tfc
+        if state.formulation is None:
+            return
+        previous = {
+            v.path: keras.ops.convert_to_numpy(v) for v in state.dual_variables
+        }
+        with self._state_creation():
+            for variable in state.dual_variables:
+                self._untrack_variable(variable)
+            state.dual_variables = []
+            state.penalties = {}
+
+            def create_state(name, shape, initial_value):
+                variable = self.add_weight(
+                    name=name,
+                    shape=shape,
+                    initializer=keras.initializers.Constant(initial_value),
+                    trainable=False,
+                    dtype="float32",
+                    autocast=False,
+                )
+                state.dual_variables.append(variable)
+                return variable
+
+            formulation = state.formulation
+            for constraint in state.constraints:
+                if formulation.has_penalty:
+                    state.penalties[constraint.name] = create_state(
+                        f"{constraint.name}_penalty",
+                        (),
+                        formulation.initial_penalty,
+                    )
+            if state.dual_optimizer is not None:
+                state.dual_optimizer.build(
+                    dict(state.multipliers), create_state
+                )
+            self._dual_keras_optimizer = getattr(
+                state.dual_optimizer, "optimizer", None
+            )
+        for variable in state.dual_variables:
+            if variable.path in previous and tuple(variable.shape) == tuple(
+                previous[variable.path].shape
+            ):
+                variable.assign(previous[variable.path])
+        for name, metric in state.metrics.items():
+            penalty = state.penalties.get(name)
+            metric.set_penalty(None if penalty is None else (lambda p=penalty: p))
+        if isinstance(state.formulation, formulations_module.Penalty):
+            for multiplier in state.multipliers.values():
+                multiplier.assign(
+                    tf.fill(multiplier.shape, state.formulation.coefficient)
+                )
+
+    @contextlib.contextmanager
+    def _state_creation(self):
+        """Creates variables in the model's strategy scope, even if built."""
+        tracker = self._tracker
+        was_locked = tracker.locked
+        tracker.unlock()
+        try:
+            with self.distribute_strategy.scope():
+                yield
+        finally:
+            if was_locked:
+                tracker.lock()
+
+    # ----------------------------------------------------- side information
+    def _check_side_information(self, keys) -> tuple:
+        if isinstance(keys, str):
+            keys = (keys,)
+        keys = tuple(keys or ())
+        for key in keys:
+            if not isinstance(key, str):
+                raise TypeError(
+                    "`side_information` must be a tuple of strings, got "
+                    f"{keys!r}."
+                )
+        inputs = self._input_names()
+        clash = sorted(set(keys) & set(inputs))
+        if clash:
+            raise ValueError(
+                f"Side-information key(s) {clash} collide with model input "
+                f"name(s) {sorted(inputs)}. Rename the side-information key."
+            )
+        return keys
+
+    def _input_names(self) -> tuple:
+        if not isinstance(self, Functional):
+            return ()
+        names = [t.name for t in tf.nest.flatten(self.inputs)]
+        structure = getattr(self, "_inputs_struct", None)
+        if isinstance(structure, dict):
+            names.extend(structure)
+        return tuple(names)
+
+    def _split_side_information(self, x):
+        """Removes side-information keys from a dict `x`.
+
+        Returns:
+            `(model_input, features)`.
+        """
+        state = self.__dict__.get("_tfc")
+        if not isinstance(x, dict) or state is None:
+            return x, {}
+        declared = set(state.side_information)
+        inputs = set(self._input_names())
+        is_functional = isinstance(self, Functional)
+        side = [
+            key
+            for key in x
+            if key in declared or (is_functional and key not in inputs)
+        ]
+        if not side:
+            return x, {}
+        features = {key: x[key] for key in side}
+        rest = {key: value for key, value in x.items() if key not in side}
+        if not rest:
+            raise ValueError(
+                f"The input dict has only side-information keys "
+                f"{sorted(features)}; the model input is missing."
+            )
+        structure = getattr(self, "_inputs_struct", None)
+        if len(rest) == 1 and not isinstance(structure, dict):
+            rest = next(iter(rest.values()))
+        return rest, features
+
+    # --------------------------------------------------------------- config
+    def get_config(self):
+        config = super().get_config()
+        state = self._tfc
+        config["side_information"] = list(state.side_information)
+        config["constraints"] = [
+            {
+                "constraint": keras.saving.serialize_keras_object(c),
+                "multiplier_init": np.asarray(
+                    state.multiplier_inits[c.name]
+                ).tolist(),
+            }
+            for c in state.constraints
+            if c.name not in state.layer_constraint_names
+        ]
+        return config
+
+    @classmethod
+    def from_config(cls, config, custom_objects=None):
+        config = dict(config)
+        constraints = config.pop("constraints", [])
+        side_information = tuple(config.pop("side_information", ()))
+        base = cls.__dict__.get("_constrained_base") or cls
+        if all(
+            key in config
+            for key in ("name", "layers", "input_layers", "output_layers")
+        ) and not issubclass(base, keras.Sequential):
+            twin = _functional_twin(base)
+            model = keras.Model.from_config.__func__(
+                twin, config, custom_objects=custom_objects
+            )
+        elif issubclass(base, keras.Sequential):
+            model = keras.Sequential.from_config.__func__(
+                base, config, custom_objects=custom_objects
+            )
+        else:
+            model = base(**config)
+        model._tfc.side_information = model._check_side_information(
+            side_information
+        )
+        for entry in constraints:
+            constraint = keras.saving.deserialize_keras_object(
+                entry["constraint"], custom_objects=custom_objects
+            )
+            model.add_constraint(
+                constraint, multiplier_init=entry.get("multiplier_init", 0.0)
+            )
+        return model
+
+
+@keras.saving.register_keras_serializable(package="tfconstrain")
+class ConstrainedSequential(ConstrainedModel, keras.Sequential):
+    """The `keras.Sequential` counterpart of `ConstrainedModel`.
+
+    Example:
+
+    ```python
+    model = tfc.ConstrainedSequential([
+        keras.Input((4,)), keras.layers.Dense(1)])
+    model.add_constraint(lambda b: keras.ops.mean(b.y_pred), "<=", 0.0)
+    ```
+    """
+
+    def __init__(self, layers=None, *, side_information=(), **kwargs):
+        super().__init__(
+            layers=layers, side_information=side_information, **kwargs
+        )
+
+
+def _project(value, constraint: Constraint, cap: float | None):
+    if constraint.is_equality:
+        if cap is None:
+            return value
+        return tf.clip_by_value(value, -cap, cap)
+    value = tf.maximum(value, 0.0)
+    if cap is not None:
+        value = tf.minimum(value, cap)
+    return value
+
+
+def _check_multiplier_init(value, constraint: Constraint) -> np.ndarray:
+    try:
+        array = np.asarray(value, dtype=np.float32)
+    except (TypeError, ValueError) as error:
+        raise TypeError(
+            f"Constraint '{constraint.name}': `multiplier_init` must be a "
+            f"number or an array, got {value!r}."
+        ) from error
+    try:
+        array = np.broadcast_to(array, constraint.shape).copy()
+    except ValueError as error:
+        raise ValueError(
+            f"Constraint '{constraint.name}': `multiplier_init` of shape "
+            f"{array.shape} does not fit the constraint's shape "
+            f"{constraint.shape}."
+        ) from error
+    if not np.all(np.isfinite(array)):
+        raise ValueError(
+            f"Constraint '{constraint.name}': `multiplier_init` must be "
+            f"finite, got {value!r}."
+        )
+    if not constraint.is_equality and np.any(array < 0):
+        raise ValueError(
+            f"Constraint '{constraint.name}': `multiplier_init` must be >= 0 "
+            f"for an inequality constraint, got {value!r}."
+        )
+    return array
+
+
+def _batch_size(x):
+    leaf = next(leaf for leaf in tf.nest.flatten(x) if leaf is not None)
+    return tf.shape(leaf)[0]
+
+
+def _with_constraint_name(error: Exception, constraint: Constraint, batch):
+    message = str(error.args[0]) if error.args else str(error)
+    if isinstance(error, KeyError):
+        key = error.args[0] if error.args else "?"
+        return KeyError(
+            f"Constraint '{constraint.name}': key {key!r} is not in the "
+            f"batch's side information (available: "
+            f"{sorted(batch.features)}). Put it in the `x` dict (and, for "
+            "subclassed models, declare it in `side_information=`)."
+        )
+    if constraint.name in message:
+        return error
+    return type(error)(f"Constraint '{constraint.name}': {message}")

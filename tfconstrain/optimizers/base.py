@@ -1,0 +1,122 @@
+"""The dual-optimizer protocol and plain gradient ascent.
+
+A dual optimizer turns a constraint's violation `e_t` into a proposed new
+multiplier. The model then keeps the old value where the constraint had no data
+(`mask`), projects inequality multipliers onto `λ >= 0`, and writes the result.
+Dual optimizers never all-reduce: the violation they receive is already the
+value of the whole global batch, identical on every replica, so every replica
+computes the same update locally.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import keras
+import tensorflow as tf
+
+# `create_state(name, shape, initial_value) -> variable`: how a dual optimizer
+# asks the model for a state variable (saved and restored with the model).
+StateFactory = Callable[[str, tuple, float], Any]
+
+
+def check_learning_rate(learning_rate: Any, owner: str) -> float:
+    """Validates a positive, finite dual learning rate."""
+    try:
+        value = float(learning_rate)
+    except (TypeError, ValueError) as error:
+        raise TypeError(
+            f"{owner}: `learning_rate` must be a float, got "
+            f"{learning_rate!r}."
+        ) from error
+    if not value > 0 or value == float("inf"):
+        raise ValueError(
+            f"{owner}: `learning_rate` must be a finite number > 0, got "
+            f"{learning_rate!r}. (Dual ascent needs a positive step.)"
+        )
+    return value
+
+
+class DualOptimizer:
+    """Base class of dual optimizers.
+
+    Subclasses implement `propose`, and `build` when they keep state.
+    """
+
+    def build(
+        self, multipliers: dict[str, Any], create_state: StateFactory
+    ) -> None:
+        """Creates the optimizer's state, once, outside any traced step."""
+        del multipliers, create_state
+
+    def propose(
+        self,
+        name: str,
+        multiplier: Any,
+        violation: tf.Tensor,
+        mask: tf.Tensor | None,
+        penalty: tf.Tensor | None = None,
+    ) -> tf.Tensor:
+        """Returns the proposed (unprojected) multiplier value.
+
+        Args:
+            name: The constraint's name.
+            multiplier: The multiplier variable (read, not written, except by
+                adapters of Keras optimizers).
+            violation: `e_t`, the global-batch violation (float32).
+            mask: Boolean tensor of entries that have data, or `None`.
+                State of masked-out entries must not change.
+            penalty: The penalty coefficient of the formulation, if any.
+        """
+        raise NotImplementedError
+
+    def finish_step(self) -> None:
+        """Called once after every constraint's `propose` of a dual step."""
+
+    def get_config(self) -> dict:
+        return {}
+
+    @classmethod
+    def from_config(cls, config: dict) -> DualOptimizer:
+        return cls(**config)
+
+
+@keras.saving.register_keras_serializable(package="tfconstrain")
+class GradientAscent(DualOptimizer):
+    """Projected gradient ascent on the multipliers.
+
+    `λ ← [λ + η · v]₊` for inequalities (`λ ← λ + η · v` for equalities),
+    with `v` the violation and `η` the learning rate.
+
+    Args:
+        learning_rate: Float > 0. The dual step size `η`. Defaults to `0.01`.
+    """
+
+    def __init__(self, learning_rate: float = 0.01):
+        self.learning_rate = check_learning_rate(
+            learning_rate, "GradientAscent"
+        )
+
+    def propose(self, name, multiplier, violation, mask, penalty=None):
+        return multiplier + self.learning_rate * violation
+
+    def get_config(self) -> dict:
+        return {"learning_rate": self.learning_rate}
+
+
+@keras.saving.register_keras_serializable(package="tfconstrain")
+class PenaltyStepAscent(DualOptimizer):
+    """The classical augmented-Lagrangian step: ascent with step `c`.
+
+    `λ ← [λ + c · v]₊` (inequality), `μ ← μ + c · h` (equality), with `c` the
+    current penalty coefficient of the constraint.
+    """
+
+    def propose(self, name, multiplier, violation, mask, penalty=None):
+        if penalty is None:
+            raise ValueError(
+                f"Constraint '{name}': the classical augmented-Lagrangian "
+                "dual step needs a penalty coefficient."
+            )
+        return multiplier + penalty * violation

@@ -1,0 +1,103 @@
+"""Use any `keras.optimizers.Optimizer` for dual ascent."""
+
+from __future__ import annotations
+
+import warnings
+
+import keras
+import tensorflow as tf
+
+from tfconstrain.optimizers.base import DualOptimizer
+
+_UNSUPPORTED_OPTIONS = (
+    "clipnorm",
+    "clipvalue",
+    "global_clipnorm",
+    "weight_decay",
+    "use_ema",
+    "gradient_accumulation_steps",
+)
+
+
+class KerasDualOptimizer(DualOptimizer):
+    """Projected ascent with a Keras optimizer.
+
+    The Keras optimizer minimises, so it receives the negated violation as
+    gradient: for SGD without momentum, `λ ← λ - η · (-v) = λ + η · v`, then
+    the model projects onto `λ >= 0`. The optimizer's per-variable update
+    (`update_step`) is called directly on each replica with the global-batch
+    violation, so there is no all-reduce (Keras' `apply` would SUM the
+    identical dual "gradients" of all replicas, multiplying them by the
+    replica count).
+
+    The optimizer is cloned from its config, so the instance given to
+    `compile` stays unbuilt and can be reused. Its state (iterations, slots)
+    is saved with the model. Options that would change the update outside
+    `update_step` (clipping, weight decay, EMA, gradient accumulation) are
+    rejected. Momentum makes the dual dynamics overshoot; a warning says so.
+
+    Args:
+        optimizer: A `keras.optimizers.Optimizer` instance.
+    """
+
+    def __init__(self, optimizer: keras.optimizers.Optimizer):
+        if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
+            raise ValueError(
+                "`dual_optimizer` cannot be a LossScaleOptimizer; the dual "
+                "step runs in float32 and needs no loss scaling."
+            )
+        config = optimizer.get_config()
+        for option in _UNSUPPORTED_OPTIONS:
+            value = config.get(option)
+            if value not in (None, False, 0):
+                raise ValueError(
+                    f"`dual_optimizer`: option `{option}={value!r}` of "
+                    f"{type(optimizer).__name__} is not supported for the "
+                    "dual step. Remove it."
+                )
+        if _has_momentum(optimizer, config):
+            warnings.warn(
+                f"The dual optimizer {type(optimizer).__name__} has "
+                "momentum. Momentum on multipliers tends to overshoot and "
+                "oscillate around the feasible set; consider plain gradient "
+                "ascent (a float `dual_optimizer`) or "
+                "`tfc.optimizers.NuPI`.",
+                UserWarning,
+                stacklevel=3,
+            )
+        self.optimizer = type(optimizer).from_config(config)
+        self._variables = {}
+
+    def build(self, multipliers, create_state) -> None:
+        self._variables = dict(multipliers)
+        self.optimizer.build(list(multipliers.values()))
+
+    def propose(self, name, multiplier, violation, mask, penalty=None):
+        gradient = -violation
+        if mask is not None:
+            gradient = tf.where(mask, gradient, tf.zeros_like(gradient))
+        self.optimizer.update_step(
+            tf.cast(gradient, multiplier.dtype),
+            multiplier,
+            self.optimizer.learning_rate,
+        )
+        return tf.convert_to_tensor(multiplier)
+
+    def finish_step(self) -> None:
+        self.optimizer.iterations.assign_add(1)
+
+    def get_config(self) -> dict:
+        return {"optimizer": keras.optimizers.serialize(self.optimizer)}
+
+    @classmethod
+    def from_config(cls, config: dict) -> KerasDualOptimizer:
+        return cls(keras.optimizers.deserialize(config["optimizer"]))
+
+
+def _has_momentum(optimizer, config: dict) -> bool:
+    if float(config.get("momentum") or 0.0) > 0:
+        return True
+    adaptive_momentum = ("Adam", "AdamW", "Adamax", "Nadam", "Lamb", "Lion")
+    return type(optimizer).__name__ in adaptive_momentum and (
+        float(config.get("beta_1", 0.0)) > 0
+    )
