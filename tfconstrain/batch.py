@@ -22,9 +22,20 @@ class Batch:
         features: Dict of side information (keys of the `x` dict that are not
             model inputs), possibly empty.
         training: Python bool, `True` inside `fit`.
+        model: The model being trained or evaluated (for constraints that
+            need another forward pass, e.g. input gradients or
+            counterfactual predictions), or `None`.
     """
 
-    __slots__ = ("x", "y", "y_pred", "sample_weight", "features", "training")
+    __slots__ = (
+        "x",
+        "y",
+        "y_pred",
+        "sample_weight",
+        "features",
+        "training",
+        "model",
+    )
 
     def __init__(
         self,
@@ -34,6 +45,7 @@ class Batch:
         sample_weight: Any = None,
         features: dict | None = None,
         training: bool = False,
+        model: Any = None,
     ):
         self.x = x
         self.y = y
@@ -41,6 +53,7 @@ class Batch:
         self.sample_weight = sample_weight
         self.features = dict(features or {})
         self.training = training
+        self.model = model
 
     def weight(self) -> tf.Tensor:
         """Returns the batch's weight: the sum of sample weights, else its size.

@@ -162,6 +162,7 @@ class ConstrainedModel(keras.Model):
         name: str | None = None,
         proxy: Callable | None = None,
         multiplier_init: Any = 0.0,
+        tolerance: float | None = None,
     ) -> Constraint:
         """Adds the constraint `constraint(batch) <kind> bound`.
 
@@ -179,6 +180,9 @@ class ConstrainedModel(keras.Model):
                 used by the primal step instead of `constraint`.
             multiplier_init: Float or array. Initial multiplier (must be
                 `>= 0` for inequalities). Defaults to `0.0`.
+            tolerance: Optional float >= 0. The constraint counts as
+                satisfied when its violation is within it. Defaults to the
+                constraint's own (`1e-4` for callables).
 
         Returns:
             The `tfc.Constraint` added.
@@ -191,7 +195,7 @@ class ConstrainedModel(keras.Model):
                 `tfc.Constraint`.
         """
         constraint = self._as_constraint(
-            constraint, kind, bound, name, proxy
+            constraint, kind, bound, name, proxy, tolerance
         )
         return self._register_constraint(constraint, multiplier_init)
 
@@ -354,7 +358,7 @@ class ConstrainedModel(keras.Model):
                 distribute.unscale_replica_loss(loss),
                 sample_weight=_batch_size(x),
             )
-            batch = Batch(x, y, y_pred, sample_weight, features, True)
+            batch = Batch(x, y, y_pred, sample_weight, features, True, self)
             steps = self._constraint_steps(
                 batch, primal=True, track=update != "alternating_primal_first"
             )
@@ -372,7 +376,7 @@ class ConstrainedModel(keras.Model):
             self._scheduled_dual_step(steps)
         elif update == "alternating_primal_first":
             y_after = self._forward(x, training=True)
-            batch = Batch(x, y, y_after, sample_weight, features, True)
+            batch = Batch(x, y, y_after, sample_weight, features, True, self)
             self._scheduled_dual_step(
                 self._constraint_steps(batch, primal=False, track=True)
             )
@@ -390,7 +394,7 @@ class ConstrainedModel(keras.Model):
             distribute.unscale_replica_loss(loss),
             sample_weight=_batch_size(x),
         )
-        batch = Batch(x, y, y_pred, sample_weight, features, False)
+        batch = Batch(x, y, y_pred, sample_weight, features, False, self)
         for constraint in self._tfc.constraints:
             statistics = self._statistics(constraint, batch, "true")
             self._tfc.metrics[constraint.name].update_state(statistics)
@@ -627,13 +631,14 @@ class ConstrainedModel(keras.Model):
         )(violations, masks)
 
     # ------------------------------------------------------ constraint setup
-    def _as_constraint(self, constraint, kind, bound, name, proxy):
+    def _as_constraint(self, constraint, kind, bound, name, proxy, tolerance):
         if isinstance(constraint, Constraint):
-            if kind is None and bound is None and name is None and (
-                proxy is None
-            ):
+            overrides = (kind, bound, name, proxy, tolerance)
+            if all(value is None for value in overrides):
                 return constraint
             config = constraint.get_config()
+            if tolerance is not None:
+                config["tolerance"] = tolerance
             if kind is not None:
                 config["kind"] = kind
             if bound is not None:
@@ -656,7 +661,12 @@ class ConstrainedModel(keras.Model):
                 "constraint ('<=', '>=' or '==')."
             )
         return FunctionConstraint(
-            constraint, kind, bound, name=name, proxy=proxy
+            constraint,
+            kind,
+            bound,
+            name=name,
+            proxy=proxy,
+            tolerance=1e-4 if tolerance is None else tolerance,
         )
 
     def _register_constraint(self, constraint, multiplier_init):

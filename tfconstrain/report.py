@@ -52,7 +52,7 @@ def constraint_report(model, data: Any, batch_size: int | None = None):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(element)
         x, features = model._split_side_information(x)
         y_pred = model._forward(x, training=False)
-        batch = Batch(x, y, y_pred, sample_weight, features, False)
+        batch = Batch(x, y, y_pred, sample_weight, features, False, model)
         return [model._statistics(c, batch, "true") for c in constraints]
 
     @tf.function
