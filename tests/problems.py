@@ -1,0 +1,54 @@
+"""Small optimisation problems expressed as Keras models whose weights are x.
+
+`min f(x) s.t. g(x)`: a `Point` layer holds x; the model maps a dummy input to
+a dummy output, and the loss closes over the layer's variable, so `model.fit`
+on a dataset that repeats one dummy batch performs full-batch steps.
+"""
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+import tfconstrain as tfc
+
+
+class Point(keras.layers.Layer):
+    """A layer whose only weight is the decision vector x."""
+
+    def __init__(self, initial, constraint=None, **kwargs):
+        super().__init__(**kwargs)
+        initial = np.asarray(initial, dtype="float32")
+        self.x = self.add_weight(
+            shape=initial.shape,
+            initializer=keras.initializers.Constant(initial),
+            constraint=constraint,
+            name="x",
+        )
+
+    def call(self, inputs):
+        # The output does not depend on x: the objective is in the loss.
+        return tf.zeros_like(inputs)
+
+
+def point_model(initial, constraint=None):
+    """Returns `(model, point_layer)` for a decision vector starting at x0."""
+    inputs = keras.Input((1,))
+    point = Point(initial, constraint=constraint)
+    model = tfc.ConstrainedModel(inputs, point(inputs))
+    return model, point
+
+
+def objective(fn):
+    """A Keras loss computing `fn()` (the objective), ignoring the data."""
+
+    def loss(y_true, y_pred):
+        return fn() + 0.0 * tf.reduce_mean(y_pred)
+
+    return loss
+
+
+def run_steps(model, steps, batch=1):
+    """Runs `steps` full-batch training steps on one dummy batch."""
+    dummy = np.zeros((batch, 1), "float32")
+    dataset = tf.data.Dataset.from_tensors((dummy, dummy)).repeat(steps)
+    return model.fit(dataset, epochs=1, verbose=0, shuffle=False)
