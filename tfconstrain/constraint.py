@@ -233,6 +233,15 @@ class Constraint:
             return _weighted_mean(statistics)
         return self.result(statistics)
 
+    def primal_scale(self, statistics: Statistics) -> tf.Tensor | None:
+        """Optional factor on the primal term, from the global statistics.
+
+        `None` (default) means 1. Per-sample constraints use it to turn the
+        sum over a batch's samples into the mean that estimates
+        `(1/N) Σ_i λ_i v_i`.
+        """
+        return None
+
     def valid(self, statistics: Statistics) -> tf.Tensor | None:
         """Boolean mask of entries that have data (None: all of them).
 

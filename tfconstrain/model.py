@@ -69,6 +69,8 @@ class _Bookkeeping:
         self.dual_optimizer = None
         self.dual_optimizer_argument = None
         self.update = "alternating"
+        self.on_nonfinite = "raise"
+        self.skip_counter = None
         self.schedule = _DualSchedule()
 
 
@@ -252,6 +254,7 @@ class ConstrainedModel(keras.Model):
         formulation=None,
         dual_optimizer=None,
         update: str = "alternating",
+        on_nonfinite: str = "raise",
         **kwargs,
     ):
         """Configures the model for constrained training.
@@ -270,12 +273,26 @@ class ConstrainedModel(keras.Model):
                 `"simultaneous"` (both steps from the same point), or
                 `"alternating_primal_first"` (primal step first, then the dual
                 step at the updated weights; one extra forward pass).
+            on_nonfinite: What a training step does when a constraint value
+                is NaN or infinite: `"raise"` (default; an
+                `InvalidArgumentError` naming the constraint and the step)
+                or `"skip"` (no dual step for that batch, counted in the
+                `nonfinite_dual_skips` log). Either way no multiplier is
+                ever written with a non-finite value; the same holds when
+                the loss is not finite (the dual step is skipped). Under
+                `jit_compile=True`, XLA drops the check, so `"raise"`
+                behaves as `"skip"` without the count.
             *args, **kwargs: Keras' own `compile` arguments.
         """
         formulation = formulations_module.get(formulation)
         if update not in UPDATE_SCHEMES:
             raise ValueError(
                 f"`update` must be one of {UPDATE_SCHEMES}, got {update!r}."
+            )
+        if on_nonfinite not in ("raise", "skip"):
+            raise ValueError(
+                "`on_nonfinite` must be 'raise' or 'skip', got "
+                f"{on_nonfinite!r}."
             )
         if dual_optimizer is None:
             dual = formulation.default_dual_optimizer()
@@ -297,6 +314,13 @@ class ConstrainedModel(keras.Model):
         state.dual_optimizer = dual
         state.dual_optimizer_argument = dual_optimizer
         state.update = update
+        state.on_nonfinite = on_nonfinite
+        if on_nonfinite == "skip" and state.skip_counter is None:
+            with self._state_creation():
+                state.skip_counter = keras.metrics.Sum(
+                    name="nonfinite_dual_skips"
+                )
+                self._tfc_skip_counter = state.skip_counter
         self._collect_layer_constraints()
         self._build_dual_state()
 
@@ -313,6 +337,7 @@ class ConstrainedModel(keras.Model):
         )
         config["dual_optimizer"] = argument
         config["update"] = state.update
+        config["on_nonfinite"] = state.on_nonfinite
         return config
 
     def compile_from_config(self, config):
@@ -320,6 +345,7 @@ class ConstrainedModel(keras.Model):
         formulation = config.pop("formulation", None)
         dual_optimizer = config.pop("dual_optimizer", None)
         update = config.pop("update", "alternating")
+        on_nonfinite = config.pop("on_nonfinite", "raise")
         if isinstance(formulation, dict):
             formulation = keras.saving.deserialize_keras_object(formulation)
         if isinstance(dual_optimizer, dict):
@@ -332,6 +358,7 @@ class ConstrainedModel(keras.Model):
             formulation=formulation,
             dual_optimizer=dual_optimizer,
             update=update,
+            on_nonfinite=on_nonfinite,
         )
         if getattr(self, "optimizer", None) is not None and self.built:
             self.optimizer.build(self.trainable_variables)
@@ -360,7 +387,10 @@ class ConstrainedModel(keras.Model):
             )
             batch = Batch(x, y, y_pred, sample_weight, features, True, self)
             steps = self._constraint_steps(
-                batch, primal=True, track=update != "alternating_primal_first"
+                batch,
+                primal=True,
+                track=update != "alternating_primal_first",
+                loss=loss,
             )
             if update == "alternating":
                 with tape.stop_recording():
@@ -378,7 +408,9 @@ class ConstrainedModel(keras.Model):
             y_after = self._forward(x, training=True)
             batch = Batch(x, y, y_after, sample_weight, features, True, self)
             self._scheduled_dual_step(
-                self._constraint_steps(batch, primal=False, track=True)
+                self._constraint_steps(
+                    batch, primal=False, track=True, loss=loss
+                )
             )
         self._update_compiled_metrics(y, y_pred, sample_weight)
         return self._step_logs()
@@ -461,7 +493,7 @@ class ConstrainedModel(keras.Model):
             )
         return statistics
 
-    def _constraint_steps(self, batch, primal: bool, track: bool):
+    def _constraint_steps(self, batch, primal: bool, track: bool, loss):
         """Statistics → replica reduction → violations, for all constraints.
 
         Args:
@@ -470,6 +502,7 @@ class ConstrainedModel(keras.Model):
                 violations for the primal objective.
             track: Whether to accumulate the true statistics in the epoch
                 metrics.
+            loss: The step's loss; when it is not finite, no dual step.
         """
         local = []
         for constraint in self._tfc.constraints:
@@ -496,10 +529,14 @@ class ConstrainedModel(keras.Model):
                 flat.extend(tf.stop_gradient(s) for s in proxy)
         reduced = iter(distribute.all_reduce_sum(flat) if replicated else flat)
         steps = []
+        finite_batch = tf.math.is_finite(loss)
         for constraint, true, proxy in local:
             true_global = tuple(next(reduced) for _ in true)
             violation = constraint.violation(constraint.result(true_global))
-            mask = tf.math.is_finite(violation)
+            finite = tf.math.is_finite(violation)
+            self._check_finite(constraint, finite)
+            finite_batch = tf.logical_and(finite_batch, tf.reduce_all(finite))
+            mask = finite
             valid = constraint.valid(true_global)
             if valid is not None:
                 mask = tf.logical_and(mask, valid)
@@ -517,10 +554,34 @@ class ConstrainedModel(keras.Model):
                 else:
                     value = result_fn(proxy)
                 proxy_violation = constraint.violation(value)
+                scale = constraint.primal_scale(proxy_global)
+                if scale is not None:
+                    proxy_violation = proxy_violation * scale
             steps.append(
-                _ConstraintStep(constraint, violation, mask, proxy_violation)
+                [constraint, violation, mask, proxy_violation]
             )
-        return steps
+        if self._tfc.skip_counter is not None:
+            self._tfc.skip_counter.update_state(
+                tf.cast(tf.logical_not(finite_batch), tf.float32)
+            )
+        return [
+            _ConstraintStep(c, v, tf.logical_and(m, finite_batch), p)
+            for c, v, m, p in steps
+        ]
+
+    def _check_finite(self, constraint: Constraint, finite) -> None:
+        if self._tfc.on_nonfinite != "raise":
+            return
+        tf.debugging.Assert(
+            tf.reduce_all(finite),
+            [
+                f"Constraint '{constraint.name}' has a non-finite value "
+                "(NaN or Inf) at training step (optimizer iteration)",
+                self.optimizer.iterations,
+                "; no multiplier was updated. Pass on_nonfinite='skip' to "
+                "compile() to skip such dual steps instead.",
+            ],
+        )
 
     def _constraint_terms(self, steps) -> tf.Tensor:
         """`Σ stop_gradient(w) · v` over constraints (primal objective)."""
@@ -727,6 +788,29 @@ class ConstrainedModel(keras.Model):
                 continue
             self._register_constraint(constraint, initial)
             state.layer_constraint_names.add(constraint.name)
+
+    def fit(self, *args, callbacks=None, **kwargs):
+        """Keras' `fit`, plus a warning when a multiplier diverges.
+
+        A `tfc.safeguards.MultiplierGrowthMonitor` is added to the callbacks
+        (unless one is given): it warns, once per constraint, when a
+        multiplier keeps growing while its violation does not shrink.
+        """
+        return super().fit(
+            *args, callbacks=self._with_safeguards(callbacks), **kwargs
+        )
+
+    def _with_safeguards(self, callbacks):
+        try:
+            from tfconstrain.safeguards import MultiplierGrowthMonitor
+        except ImportError:
+            return callbacks
+        if isinstance(callbacks, keras.callbacks.CallbackList):
+            return callbacks
+        callbacks = list(callbacks or [])
+        if not any(isinstance(c, MultiplierGrowthMonitor) for c in callbacks):
+            callbacks.append(MultiplierGrowthMonitor())
+        return callbacks
 
     def make_train_function(self, force=False):
         self._collect_layer_constraints()

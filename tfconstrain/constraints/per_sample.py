@@ -1,0 +1,170 @@
+"""Per-sample (indexed) constraints: one constraint, and one multiplier, per
+training example, as in feasible learning (`loss_i <= ε` for every i)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from tfconstrain.batch import Batch
+from tfconstrain.constraint import Constraint
+
+
+@keras.saving.register_keras_serializable(package="tfconstrain")
+class PerSampleConstraint(Constraint):
+    """`c_i(θ) <kind> bound` for every training example `i`.
+
+    `fn(batch)` returns one value per example of the batch (shape `(B,)`),
+    and `batch.features[id_key]` holds the examples' integer ids in
+    `[0, num_samples)`. The constraint has shape `(num_samples,)`, so
+    `model.multipliers[name]` holds one multiplier per example.
+
+    Lagrangian term: `(1/N) Σ_i λ_i · v_i`, estimated on a batch by the mean
+    of `λ_i · v_i` over its examples (the same scaling as Keras' mean loss,
+    so multipliers are O(1)). Dual step: only the entries of examples seen
+    in the batch move, `λ_i ← [λ_i + η · v_i]₊`; all other entries (and
+    their dual-optimizer state) are untouched.
+
+    Statistics are dense `(num_samples,)` vectors (weighted values and
+    weights scattered at the ids), so the usual all-reduce across replicas
+    combines the replicas' examples without sparse collectives, and epoch
+    logs report the example with the largest violation (the mean of its
+    values if it was seen more than once).
+
+    Example:
+
+    ```python
+    def per_example_loss(batch):
+        return keras.losses.binary_crossentropy(batch.y, batch.y_pred)
+
+    model.add_constraint(tfc.constraints.PerSampleConstraint(
+        per_example_loss, "<=", 0.1, num_samples=len(x), name="fit_each"))
+    model.fit({"features": x, "sample_id": np.arange(len(x))}, y)
+    ```
+
+    Args:
+        fn: Callable `fn(batch) -> Tensor` of shape `(B,)`.
+        kind: `"<="`, `">="` or `"=="`.
+        bound: Float, the same bound for every example.
+        num_samples: Int. Number of examples (ids are `0 .. N-1`).
+        id_key: String. Side-information key of the ids. Defaults to
+            `"sample_id"`.
+        name: String. Defaults to `fn.__name__`.
+        proxy: Optional differentiable per-example surrogate.
+        tolerance: Float. Defaults to `1e-4`.
+    """
+
+    def __init__(
+        self,
+        fn: Callable,
+        kind: str,
+        bound: float,
+        num_samples: int,
+        *,
+        id_key: str = "sample_id",
+        name: str | None = None,
+        proxy: Callable | None = None,
+        tolerance: float = 1e-4,
+    ):
+        label = name or getattr(fn, "__name__", "per_sample")
+        if not callable(fn):
+            raise TypeError(
+                f"Constraint '{label}': `fn` must be callable, got {fn!r}."
+            )
+        if np.ndim(bound) != 0:
+            raise ValueError(
+                f"Constraint '{label}': the bound of a per-sample constraint "
+                f"is one float shared by all examples, got {bound!r}."
+            )
+        if not isinstance(num_samples, (int, np.integer)) or num_samples < 1:
+            raise ValueError(
+                f"Constraint '{label}': `num_samples` must be a positive "
+                f"int, got {num_samples!r}."
+            )
+        self.fn = fn
+        self.num_samples = int(num_samples)
+        self.id_key = id_key
+        self.scalar_bound = float(bound)
+        super().__init__(
+            kind,
+            np.full((self.num_samples,), bound, np.float32),
+            name=label,
+            proxy=proxy,
+            tolerance=tolerance,
+        )
+
+    def call(self, batch: Batch) -> tf.Tensor:
+        return self.fn(batch)
+
+    @property
+    def has_distinct_true_value(self) -> bool:
+        return self.proxy is not None
+
+    def statistics_shapes(self) -> tuple:
+        return ((self.num_samples,), (self.num_samples,))
+
+    def proxy_statistics_shapes(self) -> tuple:
+        return self.statistics_shapes()
+
+    def statistics(self, batch: Batch):
+        return self._scatter(self.fn(batch), batch, "value")
+
+    def proxy_statistics(self, batch: Batch):
+        function = self.proxy if self.proxy is not None else self.fn
+        return self._scatter(function(batch), batch, "proxy")
+
+    def proxy_result(self, statistics):
+        return self.result(statistics)
+
+    def primal_scale(self, statistics):
+        """`1 / (examples in the global batch)`: the batch mean estimate."""
+        return tf.math.reciprocal_no_nan(tf.reduce_sum(statistics[1]))
+
+    def _scatter(self, values: Any, batch: Batch, what: str):
+        ids = batch.features[self.id_key]
+        values = tf.convert_to_tensor(values)
+        if not values.dtype.is_floating:
+            raise TypeError(
+                f"Constraint '{self.name}': the {what} function must return "
+                f"float values, got dtype {values.dtype.name}."
+            )
+        if values.shape.rank == 2 and values.shape[-1] == 1:
+            values = tf.squeeze(values, -1)
+        if values.shape.rank != 1:
+            raise ValueError(
+                f"Constraint '{self.name}': the {what} function must return "
+                f"one value per example (shape (batch,)), got shape "
+                f"{values.shape}."
+            )
+        ids = tf.reshape(tf.cast(ids, tf.int32), [-1, 1])
+        weights = (
+            tf.ones_like(values, tf.float32)
+            if batch.sample_weight is None
+            else tf.reshape(tf.cast(batch.sample_weight, tf.float32), [-1])
+        )
+        values = tf.cast(values, tf.float32)
+        shape = [self.num_samples]
+        return (
+            tf.scatter_nd(ids, weights * values, shape),
+            tf.scatter_nd(ids, weights, shape),
+        )
+
+    def get_config(self) -> dict:
+        config = super().get_config()
+        config.update(
+            fn=keras.saving.serialize_keras_object(self.fn),
+            bound=self.scalar_bound,
+            num_samples=self.num_samples,
+            id_key=self.id_key,
+        )
+        return config
+
+    @classmethod
+    def from_config(cls, config: dict) -> PerSampleConstraint:
+        config = dict(config)
+        config["fn"] = keras.saving.deserialize_keras_object(config["fn"])
+        return super().from_config(config)
