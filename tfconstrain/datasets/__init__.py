@@ -1,3 +1,6 @@
 """Small datasets shipped with tfconstrain (no network at run time)."""
 
-__all__: list = []
+from tfconstrain.datasets.adult import AdultData
+from tfconstrain.datasets.adult import load_adult
+
+__all__ = ["AdultData", "load_adult"]
