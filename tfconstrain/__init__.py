@@ -7,16 +7,27 @@ instead of hand-tuned penalty weights.
 
 import os as _os
 
-import keras as _keras
 
-if _keras.backend.backend() != "tensorflow":
-    raise ImportError(
+def _backend_error(backend: str) -> ImportError:
+    return ImportError(
         "tfconstrain requires the TensorFlow backend of Keras 3, but Keras "
-        f"is using the '{_keras.backend.backend()}' backend. Set the "
-        "environment variable KERAS_BACKEND=tensorflow before importing "
-        "keras (currently KERAS_BACKEND="
+        f"is set to use the '{backend}' backend. Set the environment "
+        "variable KERAS_BACKEND=tensorflow before importing keras "
+        "(currently KERAS_BACKEND="
         f"{_os.environ.get('KERAS_BACKEND', '<unset>')!r})."
     )
+
+
+_requested = _os.environ.get("KERAS_BACKEND")
+if _requested is not None and _requested.strip().lower() != "tensorflow":
+    # Checked before importing keras: importing it with another backend may
+    # fail on that backend's own missing packages first.
+    raise _backend_error(_requested)
+
+import keras as _keras  # noqa: E402
+
+if _keras.backend.backend() != "tensorflow":
+    raise _backend_error(_keras.backend.backend())
 
 
 def _version_tuple(version: str) -> tuple:

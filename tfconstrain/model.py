@@ -948,8 +948,14 @@ class ConstrainedModel(keras.Model):
                 f"The input dict has only side-information keys "
                 f"{sorted(features)}; the model input is missing."
             )
+        # Functional models with one non-dict input and Sequential models
+        # take the remaining tensor itself; subclassed models receive the
+        # dict without the side-information keys, as their `call` expects.
         structure = getattr(self, "_inputs_struct", None)
-        if len(rest) == 1 and not isinstance(structure, dict):
+        single_input = isinstance(self, keras.Sequential) or (
+            is_functional and not isinstance(structure, dict)
+        )
+        if len(rest) == 1 and single_input:
             rest = next(iter(rest.values()))
         return rest, features
 
