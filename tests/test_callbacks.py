@@ -1,0 +1,174 @@
+"""`MultiplierCallback`: dual-update schedule and TensorBoard output."""
+
+import glob
+import os
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from tensorflow.core.util import event_pb2
+
+import tfconstrain as tfc
+from problems import objective
+from problems import point_model
+
+
+def lower_bound_model():
+    """min x² s.t. x >= 1 from x0 = 0: the violation is 1 - x."""
+    model, point = point_model([0.0])
+    x = point.x
+    model.add_constraint(lambda b: x[0], ">=", 1.0, name="lower")
+    model.compile(
+        optimizer=keras.optimizers.SGD(0.01),
+        loss=objective(lambda: x[0] ** 2),
+        dual_optimizer=1.0,
+    )
+    return model, x
+
+
+def record_multipliers(model, steps, callback):
+    values = []
+
+    class Record(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            values.append(float(model.multipliers["lower"].numpy()))
+
+    dummy = np.zeros((1, 1), "float32")
+    model.fit(
+        tf.data.Dataset.from_tensors((dummy, dummy)).repeat(steps),
+        verbose=0,
+        shuffle=False,
+        callbacks=[callback, Record()],
+    )
+    return np.array(values)
+
+
+def test_update_every_n_steps_after_warmup():
+    model, _ = lower_bound_model()
+    values = record_multipliers(
+        model, 12, tfc.MultiplierCallback(update_every=3, warmup_steps=2)
+    )
+    changed = np.flatnonzero(np.diff(np.concatenate([[0.0], values])))
+    # Dual steps at iterations 2, 5, 8, 11 (0-based), i.e. batches 2, 5, ...
+    assert changed.tolist() == [2, 5, 8, 11]
+
+
+def test_schedule_reverts_after_fit():
+    model, _ = lower_bound_model()
+    record_multipliers(model, 4, tfc.MultiplierCallback(update_every=4))
+    values = record_multipliers(model, 3, keras.callbacks.Callback())
+    assert np.all(np.diff(values) > 0)  # every step again
+
+
+def test_epoch_schedule_uses_dataset_level_value():
+    """Per-epoch dual step with the epoch's aggregate violation.
+
+    The constraint mean(y_pred) over the whole dataset is evaluated with
+    weights that change during the epoch; the dual step must use the
+    epoch aggregate that the logs report, once per epoch.
+    """
+    rng = np.random.default_rng(0)
+    features = rng.normal(size=(40, 3)).astype("float32")
+    labels = np.ones((40, 1), "float32")
+    inputs = keras.Input((3,))
+    outputs = keras.layers.Dense(1, activation="sigmoid")(inputs)
+    model = tfc.ConstrainedModel(inputs, outputs)
+    model.add_constraint(
+        lambda b: keras.ops.mean(b.y_pred), "<=", 0.2, name="rate"
+    )
+    model.compile(
+        optimizer=keras.optimizers.SGD(0.05),
+        loss="binary_crossentropy",
+        dual_optimizer=0.5,
+    )
+    history = model.fit(
+        features,
+        labels,
+        batch_size=10,
+        epochs=3,
+        shuffle=False,
+        verbose=0,
+        validation_data=(features[:10], labels[:10]),
+        callbacks=[tfc.MultiplierCallback(update_every="epoch")],
+    )
+    violations = np.array(history.history["rate_violation"])
+    multipliers = np.array(history.history["rate_multiplier"])
+    # Logged multiplier of epoch e is read before that epoch's dual step.
+    expected = np.concatenate([[0.0], np.cumsum(0.5 * violations)[:-1]])
+    np.testing.assert_allclose(multipliers, expected, rtol=1e-5)
+    np.testing.assert_allclose(
+        model.multipliers["rate"].numpy(), 0.5 * violations.sum(), rtol=1e-5
+    )
+
+
+def read_scalars(directory):
+    values = {}
+    for path in glob.glob(os.path.join(directory, "events.out.tfevents.*")):
+        for record in tf.compat.v1.io.tf_record_iterator(path):
+            event = event_pb2.Event.FromString(record)
+            for value in event.summary.value:
+                number = tf.make_ndarray(value.tensor)
+                values.setdefault(value.tag, []).append(
+                    (event.step, number)
+                )
+    return values
+
+
+def test_tensorboard_scalars_per_constraint(tmp_path):
+    model, _ = lower_bound_model()
+    dummy = np.zeros((1, 1), "float32")
+    model.fit(
+        dummy,
+        dummy,
+        epochs=3,
+        verbose=0,
+        validation_data=(dummy, dummy),
+        callbacks=[tfc.MultiplierCallback(log_dir=str(tmp_path))],
+    )
+    train = read_scalars(str(tmp_path / "train"))
+    validation = read_scalars(str(tmp_path / "validation"))
+    for tag in ("value", "violation", "multiplier"):
+        assert len(train[f"constraints/lower/{tag}"]) == 3
+        assert len(validation[f"constraints/lower/{tag}"]) == 3
+    steps = [step for step, _ in train["constraints/lower/multiplier"]]
+    assert steps == [0, 1, 2]
+    last = train["constraints/lower/multiplier"][-1][1]
+    np.testing.assert_allclose(
+        last, model.multipliers["lower"].numpy(), rtol=1e-6
+    )
+
+
+def test_tensorboard_histogram_for_vector_multipliers(tmp_path):
+    model, point = point_model([0.0, 0.0])
+    x = point.x
+    model.add_constraint(lambda b: x, ">=", [1.0, 2.0], name="both")
+    model.compile(
+        optimizer=keras.optimizers.SGD(0.01),
+        loss=objective(lambda: tf.reduce_sum(x**2)),
+        dual_optimizer=1.0,
+    )
+    dummy = np.zeros((1, 1), "float32")
+    model.fit(
+        dummy,
+        dummy,
+        epochs=2,
+        verbose=0,
+        callbacks=[tfc.MultiplierCallback(log_dir=str(tmp_path))],
+    )
+    tags = read_scalars(str(tmp_path / "train"))
+    assert len(tags["constraints/both/multiplier"]) == 4  # scalar + histogram
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"update_every": 0},
+        {"update_every": "sometimes"},
+        {"warmup_steps": -1},
+        {"histogram_freq": -2},
+    ],
+)
+def test_bad_schedule_arguments_raise(kwargs):
+    with pytest.raises(ValueError):
+        tfc.MultiplierCallback(**kwargs)
