@@ -575,10 +575,10 @@ class ConstrainedModel(keras.Model):
         tf.debugging.Assert(
             tf.reduce_all(finite),
             [
-                f"Constraint '{constraint.name}' has a non-finite value "
-                "(NaN or Inf) at training step (optimizer iteration)",
+                f"Constraint {constraint.name}: non-finite value (NaN or "
+                "Inf) at training step (optimizer iteration)",
                 self.optimizer.iterations,
-                "; no multiplier was updated. Pass on_nonfinite='skip' to "
+                "; no multiplier was updated. Pass on_nonfinite=skip to "
                 "compile() to skip such dual steps instead.",
             ],
         )
