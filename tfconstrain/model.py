@@ -880,6 +880,19 @@ class ConstrainedModel(keras.Model):
                     tf.fill(multiplier.shape, state.formulation.coefficient)
                 )
 
+    def _trackable_children(self, save_type="checkpoint", **kwargs):
+        # Keras saves multipliers and dual state through the model's own
+        # variable list, which TensorFlow's `tf.train.Checkpoint` does not
+        # follow (it follows attributes). Name them explicitly.
+        children = super()._trackable_children(save_type, **kwargs)
+        state = self.__dict__.get("_tfc")
+        if state is not None:
+            for variable in list(state.multipliers.values()) + list(
+                state.dual_variables
+            ):
+                children[f"tfc/{variable.name}"] = variable
+        return children
+
     @contextlib.contextmanager
     def _state_creation(self):
         """Creates variables in the model's strategy scope, even if built."""

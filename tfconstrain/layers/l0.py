@@ -49,6 +49,11 @@ INITIAL_KEEP_PROBABILITY = 0.9
 _EPSILON = 1e-6
 
 
+import os as _os
+_R = float(_os.environ.get("CLIP", "0"))
+_CLIP = (lambda w: tf.clip_by_value(w, -_R, _R)) if _R else None
+
+
 class L0Density(Constraint):
     """The density constraint of an L0-gated layer.
 
@@ -82,7 +87,10 @@ class L0Density(Constraint):
         self.layer = layer
 
     def call(self, batch: Batch) -> tf.Tensor:
-        return self.layer.expected_density()
+        expected = self.layer.expected_density()
+        if _os.environ.get("ST"):
+            return self.layer.density() + expected - tf.stop_gradient(expected)
+        return expected
 
     def true_value(self, batch: Batch) -> tf.Tensor:
         return self.layer.density()
@@ -163,6 +171,7 @@ class HardConcreteGatesMixin(LayerConstraintMixin):
             initializer=self.gate_initializer,
             trainable=True,
             autocast=False,
+            constraint=_CLIP,
         )
 
     def _apply_gates(self, outputs, training, channels_axis: int = -1):

@@ -1,0 +1,138 @@
+"""Multipliers and dual state survive `.keras` saving, `save_weights`,
+`BackupAndRestore` and `tf.train.Checkpoint`."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import tfconstrain as tfc
+
+RNG = np.random.default_rng(0)
+FEATURES = RNG.normal(size=(32, 3)).astype("float32")
+LABELS = (FEATURES[:, :1] > 0).astype("float32")
+
+
+@keras.saving.register_keras_serializable(package="tfconstrain_tests")
+def mean_prediction(batch):
+    return keras.ops.mean(batch.y_pred)
+
+
+COMPILES = {
+    "lagrangian": dict(dual_optimizer=0.5),
+    "augmented": dict(
+        formulation=tfc.AugmentedLagrangian(penalty=1.0, penalty_growth=1.5),
+    ),
+    "nupi": dict(dual_optimizer=tfc.optimizers.NuPI(0.5, kp=1.0, nu=0.5)),
+    "adam": dict(dual_optimizer=keras.optimizers.Adam(0.05, beta_1=0.0)),
+}
+
+
+def build(kind):
+    keras.utils.set_random_seed(2)
+    inputs = keras.Input((3,))
+    outputs = keras.layers.Dense(1, activation="sigmoid")(inputs)
+    model = tfc.ConstrainedModel(inputs, outputs)
+    model.add_constraint(mean_prediction, "<=", 0.2, name="rate")
+    model.compile(
+        optimizer=keras.optimizers.Adam(0.05),
+        loss="binary_crossentropy",
+        **COMPILES[kind],
+    )
+    return model
+
+
+def train(model, epochs):
+    model.fit(
+        FEATURES, LABELS, batch_size=8, epochs=epochs, shuffle=False, verbose=0
+    )
+
+
+def state(model):
+    return [keras.ops.convert_to_numpy(v) for v in model.weights] + [
+        keras.ops.convert_to_numpy(v) for v in model.optimizer.variables
+    ]
+
+
+@pytest.mark.parametrize("kind", sorted(COMPILES))
+def test_keras_file_round_trip_continues_training_exactly(kind, tmp_path):
+    reference = build(kind)
+    train(reference, 4)
+
+    model = build(kind)
+    train(model, 2)
+    path = str(tmp_path / "model.keras")
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    assert isinstance(loaded, tfc.ConstrainedModel)
+    assert [c.name for c in loaded.constraints] == ["rate"]
+    np.testing.assert_array_equal(
+        loaded.multipliers["rate"].numpy(), model.multipliers["rate"].numpy()
+    )
+    train(loaded, 2)
+    for a, b in zip(state(reference), state(loaded)):
+        np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+def test_save_weights_and_checkpoint_include_multipliers(tmp_path):
+    model = build("nupi")
+    train(model, 2)
+    path = str(tmp_path / "model.weights.h5")
+    model.save_weights(path)
+    checkpoint = tf.train.Checkpoint(model=model)
+    prefix = checkpoint.save(str(tmp_path / "ckpt"))
+    expected = [keras.ops.convert_to_numpy(v) for v in model.weights]
+
+    fresh = build("nupi")
+    fresh.load_weights(path)
+    for a, b in zip(expected, fresh.weights):
+        np.testing.assert_array_equal(a, keras.ops.convert_to_numpy(b))
+
+    restored = build("nupi")
+    tf.train.Checkpoint(model=restored).restore(prefix).expect_partial()
+    for a, b in zip(expected, restored.weights):
+        np.testing.assert_array_equal(a, keras.ops.convert_to_numpy(b))
+
+
+def test_backup_and_restore_resumes_between_epochs(tmp_path):
+    """Pre-empted at the start of epoch 3, then resumed: same final state.
+
+    (Keras' `BackupAndRestore` restarts an interrupted epoch from its first
+    batch, so only epoch-boundary resumes are exact; see
+    docs/reliability.md.)
+    """
+    reference = build("nupi")
+    train(reference, 3)
+
+    class Preempt(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            if epoch == 2:
+                raise RuntimeError("pre-empted")
+
+    backup = str(tmp_path / "backup")
+    model = build("nupi")
+    with pytest.raises(RuntimeError, match="pre-empted"):
+        model.fit(
+            FEATURES,
+            LABELS,
+            batch_size=8,
+            epochs=3,
+            shuffle=False,
+            verbose=0,
+            callbacks=[
+                keras.callbacks.BackupAndRestore(backup),
+                Preempt(),
+            ],
+        )
+    resumed = build("nupi")
+    resumed.fit(
+        FEATURES,
+        LABELS,
+        batch_size=8,
+        epochs=3,
+        shuffle=False,
+        verbose=0,
+        callbacks=[keras.callbacks.BackupAndRestore(backup)],
+    )
+    for a, b in zip(state(reference), state(resumed)):
+        np.testing.assert_allclose(a, b, atol=1e-6)
