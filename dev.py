@@ -27,7 +27,7 @@ STAMP = VENV / ".tfconstrain-installed"
 
 
 def ensure_environment() -> None:
-    if sys.version_info < (3, 10):
+    if sys.version_info < (3, 10):  # noqa: UP036 - dev.py may run on any Python
         sys.exit("tfconstrain needs Python >= 3.10.")
     if not PYTHON.exists():
         print(f"Creating the virtual environment {VENV} ...", flush=True)

@@ -22,7 +22,6 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras  # noqa: E402
-import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from sklearn.datasets import make_classification  # noqa: E402
 from sklearn.model_selection import train_test_split  # noqa: E402
@@ -140,17 +139,15 @@ def main() -> None:
         model.fit(x_train, y_train, batch_size=64, epochs=epochs, verbose=1)
         train_recall = recall_of(model, x_train, y_train)
         test_recall = recall_of(model, x_test, y_test)
-        accuracy = model.evaluate(
-            x_test, y_test, verbose=0, return_dict=True
-        )["accuracy"]
+        accuracy = model.evaluate(x_test, y_test, verbose=0, return_dict=True)[
+            "accuracy"
+        ]
         multiplier = (
             float(model.multipliers["recall"].numpy())
             if model.multipliers
             else float("nan")
         )
-        rows.append(
-            (title, accuracy, train_recall, test_recall, multiplier)
-        )
+        rows.append((title, accuracy, train_recall, test_recall, multiplier))
 
     print(
         f"\nConstraint: recall >= {TARGET_RECALL} on the training set "

@@ -7,11 +7,11 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from problems import objective
+from problems import point_model
 from tensorflow.core.util import event_pb2
 
 import tfconstrain as tfc
-from problems import objective
-from problems import point_model
 
 
 def lower_bound_model():
@@ -109,9 +109,7 @@ def read_scalars(directory):
             event = event_pb2.Event.FromString(record)
             for value in event.summary.value:
                 number = tf.make_ndarray(value.tensor)
-                values.setdefault(value.tag, []).append(
-                    (event.step, number)
-                )
+                values.setdefault(value.tag, []).append((event.step, number))
     return values
 
 

@@ -9,7 +9,6 @@ constraint logs are dataset aggregates.
 import keras
 import numpy as np
 import pytest
-import tensorflow as tf
 
 import tfconstrain as tfc
 
@@ -72,9 +71,7 @@ def test_mirrored_matches_single_device(mirrored, dual):
 
     for a, b in zip(numpy_weights(single), numpy_weights(replicated)):
         np.testing.assert_allclose(a, b, atol=1e-5)
-    copies = [
-        v.numpy() for v in replicated.multipliers["rate"].value.values
-    ]
+    copies = [v.numpy() for v in replicated.multipliers["rate"].value.values]
     assert len(copies) == 2 and copies[0] == copies[1]
     assert single.multipliers["rate"].numpy() > 0
     for key in ("loss", "rate", "rate_violation", "rate_multiplier"):

@@ -8,11 +8,11 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-
-import tfconstrain as tfc
 from problems import objective
 from problems import point_model
 from problems import run_steps
+
+import tfconstrain as tfc
 
 X_TOL = 1e-3
 MULTIPLIER_TOL = 1e-2
@@ -141,9 +141,7 @@ def least_squares_kkt(features, targets, a, b):
 def test_least_squares_with_active_linear_inequality():
     rng = np.random.default_rng(42)
     features = rng.normal(size=(64, 3))
-    targets = features @ np.array([1.0, -2.0, 0.5]) + 0.1 * rng.normal(
-        size=64
-    )
+    targets = features @ np.array([1.0, -2.0, 0.5]) + 0.1 * rng.normal(size=64)
     a, b = np.array([1.0, 1.0, 1.0]), -1.0
     unconstrained = np.linalg.lstsq(features, targets, rcond=None)[0]
     assert a @ unconstrained > b  # the constraint is active at the optimum
@@ -170,9 +168,7 @@ def test_least_squares_with_active_linear_inequality():
         (features.astype("float32"), targets[:, None].astype("float32"))
     ).repeat(4000)
     model.fit(data, verbose=0, shuffle=False)
-    np.testing.assert_allclose(
-        dense.kernel.numpy()[:, 0], w_star, atol=X_TOL
-    )
+    np.testing.assert_allclose(dense.kernel.numpy()[:, 0], w_star, atol=X_TOL)
     np.testing.assert_allclose(
         model.multipliers["linear"].numpy(),
         multiplier_star,

@@ -9,10 +9,10 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-
-import tfconstrain as tfc
 from problems import objective
 from problems import point_model
+
+import tfconstrain as tfc
 
 RNG = np.random.default_rng(0)
 FEATURES = RNG.normal(size=(48, 4)).astype("float32")
@@ -85,9 +85,9 @@ def test_side_information_is_removed_and_exposed():
     def group_zero_rate(batch):
         seen["x"] = batch.x
         seen["keys"] = sorted(batch.features)
-        in_group = tf.cast(
-            tf.equal(batch.features["group"], 0), tf.float32
-        )[:, None]
+        in_group = tf.cast(tf.equal(batch.features["group"], 0), tf.float32)[
+            :, None
+        ]
         return tf.reduce_sum(batch.y_pred * in_group) / tf.maximum(
             tf.reduce_sum(in_group), 1.0
         )
@@ -119,11 +119,10 @@ def test_subclassed_model_declares_side_information():
 
     model = Net()
     model.add_constraint(
-        lambda b: keras.ops.mean(
-            tf.cast(b.features["group"], tf.float32)
-        )
-        * 0.0
-        + keras.ops.mean(b.y_pred),
+        lambda b: (
+            keras.ops.mean(tf.cast(b.features["group"], tf.float32)) * 0.0
+            + keras.ops.mean(b.y_pred)
+        ),
         "<=",
         0.3,
         name="rate",
@@ -149,9 +148,7 @@ def test_side_information_key_colliding_with_input_raises():
 def test_missing_side_information_key_names_the_constraint():
     model = functional()
     model.add_constraint(
-        lambda b: keras.ops.mean(
-            tf.cast(b.features["group"], tf.float32)
-        ),
+        lambda b: keras.ops.mean(tf.cast(b.features["group"], tf.float32)),
         "<=",
         1.0,
         name="needs_group",
@@ -201,8 +198,9 @@ def test_vector_constraint_logs_worst_entry_and_mean_multiplier():
     model.add_constraint(group_means, "<=", [0.9, 0.0, 0.9], name="groups")
     compile_default(model)
     data = {"features": FEATURES, "group": GROUPS}
-    logs = model.evaluate(data, LABELS, verbose=0, return_dict=True,
-                          batch_size=48)
+    logs = model.evaluate(
+        data, LABELS, verbose=0, return_dict=True, batch_size=48
+    )
     predictions = model.predict(FEATURES, verbose=0)[:, 0]
     expected = predictions[GROUPS == 1].mean()
     np.testing.assert_allclose(logs["groups"], expected, rtol=1e-5)
@@ -238,11 +236,19 @@ def test_loss_uses_class_and_sample_weights_like_keras():
     )
     np.testing.assert_allclose(got["loss"], expected, rtol=1e-6)
     plain_history = plain_model.fit(
-        FEATURES, LABELS, class_weight={0: 1, 1: 3}, epochs=2, verbose=0,
+        FEATURES,
+        LABELS,
+        class_weight={0: 1, 1: 3},
+        epochs=2,
+        verbose=0,
         shuffle=False,
     )
     history = model.fit(
-        FEATURES, LABELS, class_weight={0: 1, 1: 3}, epochs=2, verbose=0,
+        FEATURES,
+        LABELS,
+        class_weight={0: 1, 1: 3},
+        epochs=2,
+        verbose=0,
         shuffle=False,
     )
     np.testing.assert_allclose(

@@ -83,8 +83,7 @@ class MultiplierCallback(keras.callbacks.Callback):
             histogram_freq < 0
         ):
             raise ValueError(
-                "`histogram_freq` must be an int >= 0, got "
-                f"{histogram_freq!r}."
+                f"`histogram_freq` must be an int >= 0, got {histogram_freq!r}."
             )
         if batch_log_freq is not None and not (
             isinstance(batch_log_freq, (int, np.integer))
@@ -94,8 +93,8 @@ class MultiplierCallback(keras.callbacks.Callback):
                 "`batch_log_freq` must be None or an int >= 1, got "
                 f"{batch_log_freq!r}."
             )
-        self.update_every = update_every if update_every == "epoch" else int(
-            update_every
+        self.update_every = (
+            update_every if update_every == "epoch" else int(update_every)
         )
         self.warmup_steps = int(warmup_steps)
         self.log_dir = log_dir
@@ -183,8 +182,10 @@ class MultiplierCallback(keras.callbacks.Callback):
             with self._writer(kind).as_default(step=epoch):
                 for tag, value in entries.items():
                     tf.summary.scalar(tag, float(value))
-                if kind == "train" and self.histogram_freq and (
-                    epoch % self.histogram_freq == 0
+                if (
+                    kind == "train"
+                    and self.histogram_freq
+                    and (epoch % self.histogram_freq == 0)
                 ):
                     for name, multiplier in model.multipliers.items():
                         if len(multiplier.shape) == 1:

@@ -71,9 +71,7 @@ def normalize_bound(bound: Any, name: str) -> np.ndarray:
         )
     try:
         array = np.asarray(
-            keras.ops.convert_to_numpy(bound)
-            if tf.is_tensor(bound)
-            else bound,
+            keras.ops.convert_to_numpy(bound) if tf.is_tensor(bound) else bound,
             dtype=np.float64,
         )
     except (TypeError, ValueError) as error:
@@ -170,6 +168,11 @@ class Constraint:
             )
         self.tolerance = tolerance
 
+    # Per-example (indexed) constraints set this and implement `examples`
+    # and `example_violation`; the model then updates only the entries of
+    # the examples in each batch (see `tfc.constraints.PerSampleConstraint`).
+    indexed = False
+
     # ----------------------------------------------------------------- shape
     @property
     def shape(self) -> tuple:
@@ -232,15 +235,6 @@ class Constraint:
         if self.proxy is not None or self.has_distinct_true_value:
             return _weighted_mean(statistics)
         return self.result(statistics)
-
-    def primal_scale(self, statistics: Statistics) -> tf.Tensor | None:
-        """Optional factor on the primal term, from the global statistics.
-
-        `None` (default) means 1. Per-sample constraints use it to turn the
-        sum over a batch's samples into the mean that estimates
-        `(1/N) Σ_i λ_i v_i`.
-        """
-        return None
 
     def valid(self, statistics: Statistics) -> tf.Tensor | None:
         """Boolean mask of entries that have data (None: all of them).

@@ -27,12 +27,28 @@ def all_reduce_sum(values):
     Works in replica context (inside `strategy.run`), where every replica
     receives the same sum, and in cross-replica context (returns the input).
     """
-    if num_replicas() == 1:
+    if num_replicas() == 1 or not tf.nest.flatten(values):
         return values
     context = tf.distribute.get_replica_context()
     if context is None:
         return values
     return context.all_reduce(tf.distribute.ReduceOp.SUM, values)
+
+
+def all_gather(values):
+    """Concatenates a nest of tensors across replicas along axis 0.
+
+    Every replica receives the same concatenation (identity on one
+    replica), so per-example dual updates are identical on all replicas.
+    """
+    if num_replicas() == 1 or not tf.nest.flatten(values):
+        return values
+    context = tf.distribute.get_replica_context()
+    if context is None:
+        return values
+    return tf.nest.map_structure(
+        lambda value: context.all_gather(value, axis=0), values
+    )
 
 
 def unscale_replica_loss(loss: tf.Tensor) -> tf.Tensor:

@@ -43,12 +43,26 @@ class ConstraintMetric(keras.metrics.Metric):
         self._constraint = constraint
         self._multiplier = multiplier
         self._penalty = penalty
-        self.totals = [
-            self.add_variable(
-                shape=shape, initializer="zeros", name=f"statistic_{i}"
-            )
-            for i, shape in enumerate(constraint.statistics_shapes())
-        ]
+        if constraint.indexed:
+            # Updated sparsely with all-gathered examples, identically on
+            # every replica: mirrored (on-write) variables, not sync-on-read
+            # ones (which have no scatter updates).
+            self.totals = [
+                keras.Variable(
+                    tf.zeros(shape, tf.float32),
+                    trainable=False,
+                    dtype="float32",
+                    name=f"statistic_{i}",
+                )
+                for i, shape in enumerate(constraint.statistics_shapes())
+            ]
+        else:
+            self.totals = [
+                self.add_variable(
+                    shape=shape, initializer="zeros", name=f"statistic_{i}"
+                )
+                for i, shape in enumerate(constraint.statistics_shapes())
+            ]
 
     def set_penalty(self, penalty: Callable | None) -> None:
         self._penalty = penalty
@@ -56,6 +70,13 @@ class ConstraintMetric(keras.metrics.Metric):
     def update_state(self, statistics) -> None:
         for total, statistic in zip(self.totals, statistics):
             total.assign_add(tf.cast(statistic, total.dtype))
+
+    def update_indexed(self, indices, weighted_values, weights) -> None:
+        """Adds examples' weighted values and weights at their indices."""
+        self.totals[0].value.scatter_add(
+            tf.IndexedSlices(weighted_values, indices)
+        )
+        self.totals[1].value.scatter_add(tf.IndexedSlices(weights, indices))
 
     def value(self) -> tf.Tensor:
         """The accumulated constraint value (full shape)."""

@@ -49,8 +49,11 @@ class _ConstraintStep(NamedTuple):
 
     constraint: Constraint
     violation: tf.Tensor  # true violation of the global batch (constant)
-    mask: tf.Tensor | None  # entries with data
+    mask: tf.Tensor  # entries with data and finite values
     proxy_violation: tf.Tensor | None  # differentiable, global value
+    # Indexed (per-example) constraints: the entries this step is about.
+    indices: tf.Tensor | None = None  # ids of the global batch (dual step)
+    local_indices: tf.Tensor | None = None  # ids of this replica (primal)
 
 
 class _Bookkeeping:
@@ -102,9 +105,11 @@ def _functional_twin(cls: type) -> type:
 
 
 def _is_functional_call(args: tuple, kwargs: dict) -> bool:
-    return (len(args) == 2) or (
-        len(args) == 1 and "outputs" in kwargs
-    ) or ("inputs" in kwargs and "outputs" in kwargs)
+    return (
+        (len(args) == 2)
+        or (len(args) == 1 and "outputs" in kwargs)
+        or ("inputs" in kwargs and "outputs" in kwargs)
+    )
 
 
 @keras.saving.register_keras_serializable(package="tfconstrain")
@@ -503,9 +508,43 @@ class ConstrainedModel(keras.Model):
             track: Whether to accumulate the true statistics in the epoch
                 metrics.
             loss: The step's loss; when it is not finite, no dual step.
+
+        Returns:
+            One `_ConstraintStep` per constraint, in order.
         """
+        constraints = self._tfc.constraints
+        dense = [c for c in constraints if not c.indexed]
+        steps = dict(zip(dense, self._dense_steps(dense, batch, primal, track)))
+        for constraint in constraints:
+            if constraint.indexed:
+                steps[constraint] = self._indexed_step(
+                    constraint, batch, primal, track
+                )
+        finite_batch = tf.math.is_finite(loss)
+        for constraint in constraints:
+            finite = tf.math.is_finite(steps[constraint].violation)
+            self._check_finite(constraint, finite)
+            finite_batch = tf.logical_and(finite_batch, tf.reduce_all(finite))
+        if self._tfc.skip_counter is not None:
+            self._tfc.skip_counter.update_state(
+                tf.cast(tf.logical_not(finite_batch), tf.float32)
+            )
+        return [
+            steps[c]._replace(
+                mask=tf.logical_and(
+                    tf.logical_and(
+                        steps[c].mask, tf.math.is_finite(steps[c].violation)
+                    ),
+                    finite_batch,
+                )
+            )
+            for c in constraints
+        ]
+
+    def _dense_steps(self, constraints, batch, primal: bool, track: bool):
+        """Steps of constraints aggregated through summed statistics."""
         local = []
-        for constraint in self._tfc.constraints:
+        for constraint in constraints:
             proxy = None
             if primal:
                 proxy = self._statistics(constraint, batch, "proxy")
@@ -529,17 +568,11 @@ class ConstrainedModel(keras.Model):
                 flat.extend(tf.stop_gradient(s) for s in proxy)
         reduced = iter(distribute.all_reduce_sum(flat) if replicated else flat)
         steps = []
-        finite_batch = tf.math.is_finite(loss)
         for constraint, true, proxy in local:
             true_global = tuple(next(reduced) for _ in true)
             violation = constraint.violation(constraint.result(true_global))
-            finite = tf.math.is_finite(violation)
-            self._check_finite(constraint, finite)
-            finite_batch = tf.logical_and(finite_batch, tf.reduce_all(finite))
-            mask = finite
             valid = constraint.valid(true_global)
-            if valid is not None:
-                mask = tf.logical_and(mask, valid)
+            mask = tf.ones_like(violation, tf.bool) if valid is None else valid
             proxy_violation = None
             if proxy is not None:
                 if proxy is true:
@@ -554,20 +587,46 @@ class ConstrainedModel(keras.Model):
                 else:
                     value = result_fn(proxy)
                 proxy_violation = constraint.violation(value)
-                scale = constraint.primal_scale(proxy_global)
-                if scale is not None:
-                    proxy_violation = proxy_violation * scale
             steps.append(
-                [constraint, violation, mask, proxy_violation]
+                _ConstraintStep(constraint, violation, mask, proxy_violation)
             )
-        if self._tfc.skip_counter is not None:
-            self._tfc.skip_counter.update_state(
-                tf.cast(tf.logical_not(finite_batch), tf.float32)
+        return steps
+
+    def _indexed_step(self, constraint, batch, primal: bool, track: bool):
+        """Step of a per-example (indexed) constraint, O(batch) not O(N).
+
+        The dual step needs every replica's examples: ids, values and
+        weights are all-gathered, so each replica applies the same sparse
+        update to its copy of the multipliers. The primal term of replica r
+        is `Σ_{i in r} w_i · λ_i · v_i / Σ_all w`, whose gradients add up to
+        the gradient of the global batch mean of `λ_i · v_i`.
+        """
+        try:
+            ids, values, weights = constraint.examples(batch, proxy=False)
+            proxy_values = values
+            if primal and constraint.has_distinct_true_value:
+                _, proxy_values, _ = constraint.examples(batch, proxy=True)
+        except (KeyError, TypeError, ValueError) as error:
+            raise _with_constraint_name(error, constraint, batch) from error
+        true_values = tf.stop_gradient(values)
+        gathered = distribute.all_gather((ids, true_values, weights))
+        all_ids, all_values, all_weights = gathered
+        if track:
+            self._tfc.metrics[constraint.name].update_indexed(
+                all_ids, all_weights * all_values, all_weights
             )
-        return [
-            _ConstraintStep(c, v, tf.logical_and(m, finite_batch), p)
-            for c, v, m, p in steps
-        ]
+        proxy_violation = None
+        if primal:
+            share = weights / tf.reduce_sum(all_weights)
+            proxy_violation = constraint.example_violation(proxy_values) * share
+        return _ConstraintStep(
+            constraint,
+            constraint.example_violation(all_values),
+            all_weights > 0,
+            proxy_violation,
+            indices=all_ids,
+            local_indices=ids,
+        )
 
     def _check_finite(self, constraint: Constraint, finite) -> None:
         if self._tfc.on_nonfinite != "raise":
@@ -591,9 +650,12 @@ class ConstrainedModel(keras.Model):
             name = step.constraint.name
             violation = step.proxy_violation
             penalty = self._tfc.penalties.get(name)
+            multiplier = tf.convert_to_tensor(self._tfc.multipliers[name])
+            if step.local_indices is not None:
+                multiplier = tf.gather(multiplier, step.local_indices)
             weight = formulation.primal_weight(
                 tf.stop_gradient(violation),
-                tf.convert_to_tensor(self._tfc.multipliers[name]),
+                multiplier,
                 None if penalty is None else tf.convert_to_tensor(penalty),
                 step.constraint.is_equality,
             )
@@ -643,14 +705,30 @@ class ConstrainedModel(keras.Model):
             )
             if dual is not None:
                 multiplier = state.multipliers[name]
+                indices = step.indices
                 old = tf.convert_to_tensor(multiplier)
-                proposed = dual.propose(
-                    name, multiplier, violation, step.mask, penalty_value
+                if indices is not None:
+                    old = tf.gather(old, indices)
+                proposed = _propose(
+                    dual,
+                    name,
+                    multiplier,
+                    violation,
+                    step.mask,
+                    penalty_value,
+                    indices,
                 )
-                new = tf.where(step.mask, proposed, old)
-                multiplier.assign(
-                    _project(new, constraint, formulation.max_multiplier)
+                new = _project(
+                    tf.where(step.mask, proposed, old),
+                    constraint,
+                    formulation.max_multiplier,
                 )
+                if indices is None:
+                    multiplier.assign(new)
+                else:
+                    multiplier.value.scatter_update(
+                        tf.IndexedSlices(new, indices)
+                    )
             if penalty is not None:
                 worst = tf.reduce_max(constraint.positive_violation(violation))
                 penalty.assign(formulation.next_penalty(penalty_value, worst))
@@ -687,9 +765,9 @@ class ConstrainedModel(keras.Model):
 
         violations = [tf.constant(v, tf.float32) for v, _ in values]
         masks = [tf.constant(m, tf.bool) for _, m in values]
-        tf.function(
-            lambda v, m: strategy.run(replica_step, args=(v, m))
-        )(violations, masks)
+        tf.function(lambda v, m: strategy.run(replica_step, args=(v, m)))(
+            violations, masks
+        )
 
     # ------------------------------------------------------ constraint setup
     def _as_constraint(self, constraint, kind, bound, name, proxy, tolerance):
@@ -873,7 +951,9 @@ class ConstrainedModel(keras.Model):
                 variable.assign(previous[variable.path])
         for name, metric in state.metrics.items():
             penalty = state.penalties.get(name)
-            metric.set_penalty(None if penalty is None else (lambda p=penalty: p))
+            metric.set_penalty(
+                None if penalty is None else (lambda p=penalty: p)
+            )
         if isinstance(state.formulation, formulations_module.Penalty):
             for multiplier in state.multipliers.values():
                 multiplier.assign(
@@ -1039,6 +1119,29 @@ class ConstrainedSequential(ConstrainedModel, keras.Sequential):
         super().__init__(
             layers=layers, side_information=side_information, **kwargs
         )
+
+
+def _propose(dual, name, multiplier, violation, mask, penalty, indices):
+    """`dual.propose` for all entries, or for the entries at `indices`.
+
+    Dual optimizers that declare `supports_indices` read and write only
+    those entries (and their state); others see a dense violation that is
+    zero, and masked out, everywhere else, and the result is gathered.
+    """
+    if indices is None:
+        return dual.propose(name, multiplier, violation, mask, penalty)
+    if getattr(dual, "supports_indices", False):
+        return dual.propose(
+            name, multiplier, violation, mask, penalty, indices=indices
+        )
+    shape = tf.shape(multiplier)
+    positions = indices[:, None]
+    dense_violation = tf.scatter_nd(positions, violation, shape)
+    dense_mask = tf.scatter_nd(positions, tf.cast(mask, tf.int32), shape) > 0
+    proposed = dual.propose(
+        name, multiplier, dense_violation, dense_mask, penalty
+    )
+    return tf.gather(proposed, indices)
 
 
 def _project(value, constraint: Constraint, cap: float | None):

@@ -29,11 +29,12 @@ class PerSampleConstraint(Constraint):
     in the batch move, `λ_i ← [λ_i + η · v_i]₊`; all other entries (and
     their dual-optimizer state) are untouched.
 
-    Statistics are dense `(num_samples,)` vectors (weighted values and
-    weights scattered at the ids), so the usual all-reduce across replicas
-    combines the replicas' examples without sparse collectives, and epoch
-    logs report the example with the largest violation (the mean of its
-    values if it was seen more than once).
+    A training step costs O(batch size), not O(N): the batch's ids, values
+    and weights are all-gathered across replicas (dense tensors, no sparse
+    all-reduce), every replica gathers the multipliers of those ids, and
+    writes back only those entries. Epoch logs report the example with the
+    largest violation over the epoch (the mean of its values if it was seen
+    more than once).
 
     Example:
 
@@ -111,21 +112,41 @@ class PerSampleConstraint(Constraint):
         return self.statistics_shapes()
 
     def statistics(self, batch: Batch):
-        return self._scatter(self.fn(batch), batch, "value")
+        """Dense `(N,)` statistics (used by reports, not by training)."""
+        return self._dense_statistics(batch, proxy=False)
 
     def proxy_statistics(self, batch: Batch):
-        function = self.proxy if self.proxy is not None else self.fn
-        return self._scatter(function(batch), batch, "proxy")
+        return self._dense_statistics(batch, proxy=True)
 
     def proxy_result(self, statistics):
         return self.result(statistics)
 
-    def primal_scale(self, statistics):
-        """`1 / (examples in the global batch)`: the batch mean estimate."""
-        return tf.math.reciprocal_no_nan(tf.reduce_sum(statistics[1]))
+    indexed = True
 
-    def _scatter(self, values: Any, batch: Batch, what: str):
-        ids = batch.features[self.id_key]
+    def examples(self, batch: Batch, proxy: bool = False):
+        """`(ids, values, weights)` of the batch's examples, each `(B,)`.
+
+        `values` come from `proxy` when `proxy=True` and one was given,
+        else from `fn`; they are differentiable.
+        """
+        function = self.proxy if proxy and self.proxy is not None else self.fn
+        values = self._per_example(
+            function(batch), "proxy" if proxy else "value"
+        )
+        ids = tf.reshape(tf.cast(batch.features[self.id_key], tf.int32), [-1])
+        if batch.sample_weight is None:
+            weights = tf.ones_like(values)
+        else:
+            weights = tf.reshape(tf.cast(batch.sample_weight, tf.float32), [-1])
+        return ids, values, weights
+
+    def example_violation(self, values: tf.Tensor) -> tf.Tensor:
+        """Per-example violation `v_i` for values of shape `(B,)`."""
+        if self.kind == ">=":
+            return self.scalar_bound - values
+        return values - self.scalar_bound
+
+    def _per_example(self, values: Any, what: str) -> tf.Tensor:
         values = tf.convert_to_tensor(values)
         if not values.dtype.is_floating:
             raise TypeError(
@@ -140,13 +161,11 @@ class PerSampleConstraint(Constraint):
                 f"one value per example (shape (batch,)), got shape "
                 f"{values.shape}."
             )
-        ids = tf.reshape(tf.cast(ids, tf.int32), [-1, 1])
-        weights = (
-            tf.ones_like(values, tf.float32)
-            if batch.sample_weight is None
-            else tf.reshape(tf.cast(batch.sample_weight, tf.float32), [-1])
-        )
-        values = tf.cast(values, tf.float32)
+        return tf.cast(values, tf.float32)
+
+    def _dense_statistics(self, batch: Batch, proxy: bool):
+        ids, values, weights = self.examples(batch, proxy)
+        ids = ids[:, None]
         shape = [self.num_samples]
         return (
             tf.scatter_nd(ids, weights * values, shape),

@@ -8,27 +8,27 @@ Networks through L0 Regularization"). Gate `i` has one parameter
     training:  u ~ U(0, 1),
                s = sigmoid((log u − log(1 − u) + log α) / β),
                z = clip(s · (ζ − γ) + γ, 0, 1)
-    inference: z = clip(sigmoid(log α) · (ζ − γ) + γ, 0, 1)
+    inference: ẑ = clip(sigmoid(log α) · (ζ − γ) + γ, 0, 1)
 
-so gates are exactly 0 (or 1) with positive probability. The probability
-that a gate is non-zero is `P(z_i ≠ 0) = sigmoid(log α_i − β·log(−γ/ζ))`.
+so gates are exactly 0 (or 1) with positive probability, and
+
+    P(z_i ≠ 0) = sigmoid(log α_i − β · log(−γ/ζ)),
+    ẑ_i ≠ 0   ⟺  log α_i > log(−γ/ζ).
 
 Instead of a penalty `λ·E[‖z‖₀]` with a hand-tuned `λ`, the layer registers
-the constraint
+the constraint `density <kind> target_density`, whose multiplier is learned.
+Two densities are involved:
 
-    density <kind> target_density
+- the *expected density* `E = mean_i P(z_i ≠ 0)`, smooth in `log α`;
+- the *inference density* `D = mean_i 1[ẑ_i ≠ 0]`, the fraction of units the
+  deployed layer keeps (piecewise constant in `log α`).
 
-whose multiplier is learned. Two densities are involved:
-
-- the *expected density* `mean_i P(z_i ≠ 0)`, differentiable in `log α`: the
-  primal step uses it;
-- the *density* `mean_i 1[ẑ_i ≠ 0]` of the inference gates `ẑ` (the fraction
-  of units the deployed layer keeps), which drives the dual step and is what
-  logs and `constraint_report` show.
-
-The pruned model is the one used at inference, so its density is the one
-constrained; the expected density is only the smooth surrogate that moves
-the gates.
+By default (`density_measure="inference"`) the constraint's value is `D` and
+its gradient is `∂E/∂log α` (a straight-through estimator:
+`D + E − stop_gradient(E)`): the dual step, the logs, the reports and the
+penalty terms of `tfc.AugmentedLagrangian` see the density of the pruned
+model, while the primal step moves the gates along the expected density.
+With `density_measure="expected"`, value and gradient are those of `E`.
 """
 
 from __future__ import annotations
@@ -46,27 +46,27 @@ from tfconstrain.layers.registration import LayerConstraintMixin
 TEMPERATURE = 2.0 / 3.0
 STRETCH = (-0.1, 1.1)
 INITIAL_KEEP_PROBABILITY = 0.9
+DENSITY_MEASURES = ("inference", "expected")
 _EPSILON = 1e-6
-
-
-import os as _os
-_R = float(_os.environ.get("CLIP", "0"))
-_CLIP = (lambda w: tf.clip_by_value(w, -_R, _R)) if _R else None
 
 
 class L0Density(Constraint):
     """The density constraint of an L0-gated layer.
 
-    Primal value: the expected density `mean_i P(z_i ≠ 0)`. Dual (true)
-    value: the fraction of non-zero inference gates. Both depend on the
-    weights only, so the dataset-level value is exact.
+    With `measure="inference"`, its value is the inference density `D` (the
+    fraction of non-zero inference gates) and its gradient that of the
+    expected density `E`: `c = D + E − stop_gradient(E)`. With
+    `measure="expected"`, `c = E`. Both depend on the weights only, so
+    dataset-level values are exact.
 
     Args:
         layer: The gated layer (`L0Dense` or `L0Conv2D`).
         kind: String. `"<="`, `">="` or `"=="`.
         bound: Float in `[0, 1]`, the target density.
-        name: String.
-        tolerance: Float.
+        measure: String. `"inference"` or `"expected"`. Defaults to
+            `"inference"`.
+        name: String. Defaults to the class name.
+        tolerance: Float >= 0. Defaults to `1e-4`.
     """
 
     def __init__(
@@ -75,6 +75,7 @@ class L0Density(Constraint):
         kind: str,
         bound: Any,
         *,
+        measure: str = "inference",
         name: str | None = None,
         tolerance: float = 1e-4,
     ):
@@ -84,16 +85,19 @@ class L0Density(Constraint):
                 f"Constraint '{self.name}': the target density must be a "
                 f"float in [0, 1], got {self.bound.tolist()!r}."
             )
+        if measure not in DENSITY_MEASURES:
+            raise ValueError(
+                f"Constraint '{self.name}': `density_measure` must be one of "
+                f"{DENSITY_MEASURES}, got {measure!r}."
+            )
         self.layer = layer
+        self.measure = measure
 
     def call(self, batch: Batch) -> tf.Tensor:
         expected = self.layer.expected_density()
-        if _os.environ.get("ST"):
-            return self.layer.density() + expected - tf.stop_gradient(expected)
-        return expected
-
-    def true_value(self, batch: Batch) -> tf.Tensor:
-        return self.layer.density()
+        if self.measure == "expected":
+            return expected
+        return self.layer.density() + (expected - tf.stop_gradient(expected))
 
     def get_config(self) -> dict:
         raise NotImplementedError(
@@ -114,6 +118,7 @@ class HardConcreteGatesMixin(LayerConstraintMixin):
         self,
         target_density,
         density_kind,
+        density_measure,
         gate_initializer,
         temperature,
         stretch,
@@ -132,10 +137,16 @@ class HardConcreteGatesMixin(LayerConstraintMixin):
                 f"Layer '{self.name}': `temperature` must be > 0, got "
                 f"{temperature!r}."
             )
+        if density_measure not in DENSITY_MEASURES:
+            raise ValueError(
+                f"Layer '{self.name}': `density_measure` must be one of "
+                f"{DENSITY_MEASURES}, got {density_measure!r}."
+            )
         self.target_density = (
             None if target_density is None else float(target_density)
         )
         self.density_kind = density_kind
+        self.density_measure = density_measure
         self.temperature = float(temperature)
         self.stretch = (gamma, zeta)
         self.seed = seed
@@ -158,6 +169,7 @@ class HardConcreteGatesMixin(LayerConstraintMixin):
                     self,
                     density_kind,
                     self.target_density,
+                    measure=density_measure,
                     name=f"{self.name}_density",
                     tolerance=self.density_tolerance,
                 ),
@@ -171,7 +183,6 @@ class HardConcreteGatesMixin(LayerConstraintMixin):
             initializer=self.gate_initializer,
             trainable=True,
             autocast=False,
-            constraint=_CLIP,
         )
 
     def _apply_gates(self, outputs, training, channels_axis: int = -1):
@@ -241,6 +252,7 @@ class HardConcreteGatesMixin(LayerConstraintMixin):
         return {
             "target_density": self.target_density,
             "density_kind": self.density_kind,
+            "density_measure": self.density_measure,
             "gate_initializer": keras.initializers.serialize(
                 self.gate_initializer
             ),
@@ -286,6 +298,10 @@ class L0Dense(HardConcreteGatesMixin, keras.layers.Dense):
             Defaults to `None`.
         density_kind: String. `"=="` (density exactly `target_density`),
             `"<="` (a budget) or `">="`. Defaults to `"=="`.
+        density_measure: String. `"inference"` (the constrained value is the
+            fraction of non-zero inference gates, moved along the gradient
+            of the expected density) or `"expected"` (the expected density).
+            Defaults to `"inference"`.
         gate_initializer: Initializer of `log α`. Defaults to
             `RandomNormal(mean=log 9, stddev=0.01)`, i.e. keep probability
             0.9 in the underlying concrete distribution.
@@ -308,6 +324,7 @@ class L0Dense(HardConcreteGatesMixin, keras.layers.Dense):
         *,
         target_density: float | None = None,
         density_kind: str = "==",
+        density_measure: str = "inference",
         gate_initializer: Any = None,
         temperature: float = TEMPERATURE,
         stretch: tuple = STRETCH,
@@ -322,6 +339,7 @@ class L0Dense(HardConcreteGatesMixin, keras.layers.Dense):
         self._init_gates(
             target_density,
             density_kind,
+            density_measure,
             gate_initializer,
             temperature,
             stretch,
@@ -371,6 +389,8 @@ class L0Conv2D(HardConcreteGatesMixin, keras.layers.Conv2D):
         target_density: Optional float in `[0, 1]`, the constrained fraction
             of active filters. Defaults to `None`.
         density_kind: String. `"=="`, `"<="` or `">="`. Defaults to `"=="`.
+        density_measure: String. `"inference"` or `"expected"`. Defaults to
+            `"inference"`.
         gate_initializer: Initializer of `log α`. Defaults to
             `RandomNormal(mean=log 9, stddev=0.01)`.
         temperature: Float > 0. Defaults to `2/3`.
@@ -388,6 +408,7 @@ class L0Conv2D(HardConcreteGatesMixin, keras.layers.Conv2D):
         *,
         target_density: float | None = None,
         density_kind: str = "==",
+        density_measure: str = "inference",
         gate_initializer: Any = None,
         temperature: float = TEMPERATURE,
         stretch: tuple = STRETCH,
@@ -400,6 +421,7 @@ class L0Conv2D(HardConcreteGatesMixin, keras.layers.Conv2D):
         self._init_gates(
             target_density,
             density_kind,
+            density_measure,
             gate_initializer,
             temperature,
             stretch,
