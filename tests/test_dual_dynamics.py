@@ -71,9 +71,22 @@ def point_model(initial, lower=None, upper=None):
 
 
 def run_steps(model, steps, callbacks=None):
-    """`steps` full-batch primal-dual iterations."""
+    """`steps` full-batch primal-dual iterations, in one epoch."""
     data = tf.data.Dataset.from_tensors((DUMMY, DUMMY)).repeat(steps)
     model.fit(data, epochs=1, verbose=0, shuffle=False, callbacks=callbacks)
+
+
+def run_epochs(model, epochs, callbacks=None):
+    """`epochs` epochs of one full-batch iteration each."""
+    data = tf.data.Dataset.from_tensors((DUMMY, DUMMY)).repeat()
+    model.fit(
+        data,
+        epochs=epochs,
+        steps_per_epoch=1,
+        verbose=0,
+        shuffle=False,
+        callbacks=callbacks,
+    )
 
 
 # ---------------------------------------------------------------------------
@@ -488,7 +501,7 @@ def test_growth_monitor_warns_once_naming_the_constraint():
     monitor = MultiplierGrowthMonitor(patience=100, min_steps=100)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        model.fit(DUMMY, DUMMY, epochs=150, verbose=0, callbacks=[monitor])
+        run_epochs(model, 150, callbacks=[monitor])
     messages = [
         str(w.message)
         for w in caught
@@ -517,7 +530,7 @@ def test_growth_monitor_warns_for_a_vanishing_constraint_gradient():
     )
     monitor = MultiplierGrowthMonitor(patience=100, min_steps=100)
     with pytest.warns(UserWarning, match="'step_function'"):
-        model.fit(DUMMY, DUMMY, epochs=150, verbose=0, callbacks=[monitor])
+        run_epochs(model, 150, callbacks=[monitor])
 
 
 def test_growth_monitor_is_silent_on_a_healthy_run():
@@ -539,7 +552,7 @@ def test_growth_monitor_is_silent_on_a_healthy_run():
     monitor = MultiplierGrowthMonitor(patience=100, min_steps=100)
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)
-        model.fit(DUMMY, DUMMY, epochs=300, verbose=0, callbacks=[monitor])
+        run_epochs(model, 300, callbacks=[monitor])
     assert point.x.numpy()[0] == pytest.approx(1.0, abs=1e-3)
     assert model.multipliers["upper"].numpy() == pytest.approx(2.0, abs=1e-2)
     assert monitor.warned == set()
