@@ -1,15 +1,12 @@
 """`MultiplierCallback`: dual-update schedule and TensorBoard output."""
 
-import glob
-import os
-
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 from problems import objective
 from problems import point_model
-from tensorflow.core.util import event_pb2
+from tensorboard.backend.event_processing import event_accumulator
 
 import tfconstrain as tfc
 
@@ -102,14 +99,22 @@ def test_epoch_schedule_uses_dataset_level_value():
     )
 
 
-def read_scalars(directory):
+def read_events(directory):
+    """Reads a run with TensorBoard's own event reader.
+
+    Returns `{tag: [(step, value), ...]}` for scalars and `{tag: count}` for
+    histograms.
+    """
+    reader = event_accumulator.EventAccumulator(
+        directory, size_guidance={event_accumulator.TENSORS: 0}
+    )
+    reader.Reload()
     values = {}
-    for path in glob.glob(os.path.join(directory, "events.out.tfevents.*")):
-        for record in tf.compat.v1.io.tf_record_iterator(path):
-            event = event_pb2.Event.FromString(record)
-            for value in event.summary.value:
-                number = tf.make_ndarray(value.tensor)
-                values.setdefault(value.tag, []).append((event.step, number))
+    for tag in reader.Tags()["tensors"]:
+        values[tag] = [
+            (event.step, tf.make_ndarray(event.tensor_proto))
+            for event in reader.Tensors(tag)
+        ]
     return values
 
 
@@ -124,8 +129,8 @@ def test_tensorboard_scalars_per_constraint(tmp_path):
         validation_data=(dummy, dummy),
         callbacks=[tfc.MultiplierCallback(log_dir=str(tmp_path))],
     )
-    train = read_scalars(str(tmp_path / "train"))
-    validation = read_scalars(str(tmp_path / "validation"))
+    train = read_events(str(tmp_path / "train"))
+    validation = read_events(str(tmp_path / "validation"))
     for tag in ("value", "violation", "multiplier"):
         assert len(train[f"constraints/lower/{tag}"]) == 3
         assert len(validation[f"constraints/lower/{tag}"]) == 3
@@ -154,8 +159,15 @@ def test_tensorboard_histogram_for_vector_multipliers(tmp_path):
         verbose=0,
         callbacks=[tfc.MultiplierCallback(log_dir=str(tmp_path))],
     )
-    tags = read_scalars(str(tmp_path / "train"))
-    assert len(tags["constraints/both/multiplier"]) == 4  # scalar + histogram
+    tags = read_events(str(tmp_path / "train"))
+    assert len(tags["constraints/both/multiplier"]) == 2
+    histograms = tags["constraints/both/multiplier_histogram"]
+    assert len(histograms) == 2
+    # A histogram of the final multipliers covers [min, max] of the entries.
+    buckets = histograms[-1][1]
+    final = model.multipliers["both"].numpy()
+    np.testing.assert_allclose(buckets[:, 0].min(), final.min(), rtol=1e-6)
+    np.testing.assert_allclose(buckets[:, 1].max(), final.max(), rtol=1e-6)
 
 
 @pytest.mark.parametrize(

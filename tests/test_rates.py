@@ -257,9 +257,9 @@ def test_absent_group_gets_no_dual_step():
     assert all(np.isfinite(w).all() for w in model.get_weights())
 
 
-def test_recall_constraint_is_met_after_training():
-    # Labels from a noisy linear rule; positives are rare, so the
-    # unconstrained classifier has a low recall.
+def test_recall_constraint_raises_recall_to_the_bound():
+    # Labels from a noisy linear rule; positives are rare (22 %), so the
+    # unconstrained classifier has a recall near 0.5.
     rng = np.random.default_rng(5)
     x = rng.normal(size=(600, 2)).astype("float32")
     y = ((x[:, :1] + 0.8 * rng.normal(size=(600, 1))) > 1.0).astype("float32")
@@ -270,15 +270,18 @@ def test_recall_constraint_is_met_after_training():
     model.compile(
         optimizer=keras.optimizers.Adam(0.05),
         loss="binary_crossentropy",
-        dual_optimizer=0.2,
+        dual_optimizer=0.5,
     )
-    model.fit(x, y, batch_size=600, epochs=200, verbose=0)
+    steps = tf.data.Dataset.from_tensors((x, y)).repeat(300)
+    model.fit(steps, epochs=1, verbose=0)
     recall = model.constraint_report((x, y), batch_size=600)[
         "true_positive_rate"
     ]["value"]
     predicted = model.predict(x, verbose=0)[:, 0] > 0.5
-    assert recall == pytest.approx(predicted[y[:, 0] == 1].mean(), abs=1e-6)
-    assert recall >= 0.88
+    positives = y[:, 0] == 1
+    assert recall == pytest.approx(predicted[positives].mean(), abs=1e-6)
+    # The last iterate oscillates around the bound by a few examples.
+    assert recall >= 0.9 - 2 / positives.sum()
 
 
 def test_rate_statistics_are_exact_under_mirrored_strategy(mirrored):

@@ -30,7 +30,8 @@ class MultiplierCallback(keras.callbacks.Callback):
     `constraints/NAME/value`, `.../violation`, `.../multiplier` (and
     `.../penalty` where the formulation has one) at every epoch end, for
     training (`log_dir/train`) and validation (`log_dir/validation`), and
-    histograms of vector multipliers every `histogram_freq` epochs.
+    histograms of vector multipliers (`.../multiplier_histogram`) every
+    `histogram_freq` epochs.
     `batch_log_freq=n` also writes the multipliers every `n` training
     batches (a host read each time, so it is off by default).
 
@@ -190,7 +191,7 @@ class MultiplierCallback(keras.callbacks.Callback):
                     for name, multiplier in model.multipliers.items():
                         if len(multiplier.shape) == 1:
                             tf.summary.histogram(
-                                f"constraints/{name}/multiplier",
+                                f"constraints/{name}/multiplier_histogram",
                                 keras.ops.convert_to_numpy(multiplier),
                             )
             self._writer(kind).flush()
