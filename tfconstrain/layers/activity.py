@@ -231,9 +231,7 @@ class ActivityConstraint(LayerConstraintMixin, keras.layers.Layer):
         config = dict(config)
         for key in ("fn", "proxy"):
             if config.get(key) is not None:
-                config[key] = keras.saving.deserialize_keras_object(
-                    config[key]
-                )
+                config[key] = keras.saving.deserialize_keras_object(config[key])
         return cls(**config)
 
 
