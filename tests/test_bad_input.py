@@ -171,3 +171,41 @@ def test_unknown_formulation_and_dual_optimizer():
         m.compile(optimizer="sgd", loss="mse", formulation="magic")
     with pytest.raises(TypeError, match="dual_optimizer"):
         m.compile(optimizer="sgd", loss="mse", dual_optimizer="fast")
+
+
+def test_proxy_without_gradient_raises():
+    import tensorflow as tf
+
+    m = model()
+    m.add_constraint(
+        mean_prediction,
+        "<=",
+        1.0,
+        name="flat_proxy",
+        proxy=lambda b: tf.stop_gradient(keras.ops.mean(b.y_pred)),
+    )
+    with pytest.raises(ValueError, match="'flat_proxy'.*gradient"):
+        compile_and_fit(m)
+
+
+def test_constraint_independent_of_weights_warns():
+    m = model()
+    m.add_constraint(
+        lambda b: keras.ops.mean(b.y), "<=", 2.0, name="data_only"
+    )
+    with pytest.warns(UserWarning, match="'data_only'.*trainable"):
+        compile_and_fit(m)
+
+
+def test_value_length_changing_between_batches_raises():
+    import tensorflow as tf
+
+    m = model()
+    def first_quarter(batch):
+        flat = tf.reshape(batch.y_pred, [-1])
+        return flat[: tf.shape(flat)[0] // 4]  # length 3, then 1
+
+    m.add_constraint(first_quarter, "<=", [1.0, 1.0, 1.0], name="ragged")
+    m.compile(optimizer="sgd", loss="mse")
+    with pytest.raises(tf.errors.InvalidArgumentError, match="ragged"):
+        m.fit(FEATURES, LABELS, batch_size=12, epochs=1, verbose=0)

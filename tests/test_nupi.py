@@ -222,8 +222,9 @@ def test_keras_adam_multiplier_is_projected_onto_nonnegatives():
     # Adam's first step is ≈ ±η whatever the violation's size; a negative
     # violation from λ = 0 must stay projected at 0.
     with pytest.warns(UserWarning, match="momentum"):
-        adam = keras.optimizers.Adam(0.1)
-    trajectory = multiplier_trajectory([1.0, -5.0, -5.0, -5.0], adam)
+        trajectory = multiplier_trajectory(
+            [1.0, -5.0, -5.0, -5.0], keras.optimizers.Adam(0.1)
+        )
     assert trajectory[0] == pytest.approx(0.1, abs=1e-4)
     assert min(trajectory) >= 0.0
     assert trajectory[-1] == 0.0

@@ -294,6 +294,29 @@ class Constraint:
                 f"shape {tuple(static)}, but the bound declares shape "
                 f"{expected}. Give a bound of the value's shape."
             )
+        if not value.shape.is_fully_defined():
+            # A length known only at run time may change between batches.
+            check = tf.debugging.assert_equal(
+                tf.shape(value),
+                tf.constant(expected, tf.int32),
+                message=(
+                    f"Constraint {self.name}: the {what} function returned "
+                    "a tensor whose length differs from the bound's "
+                    f"{expected}; constraint values must have a fixed "
+                    "length."
+                ),
+            )
+            with tf.control_dependencies([check]):
+                value = tf.identity(value)
+            # Pad or cut to the declared length so that no later op fails
+            # before the check above reports the constraint's name.
+            length = expected[0]
+            value = tf.reshape(
+                tf.concat([value, tf.zeros([length], value.dtype)], 0)[
+                    :length
+                ],
+                expected,
+            )
         return tf.cast(value, tf.float32)
 
     # --------------------------------------------------------------- maths

@@ -400,6 +400,8 @@ class ConstrainedModel(keras.Model):
             if update == "alternating":
                 with tape.stop_recording():
                     self._scheduled_dual_step(steps)
+            with tape.stop_recording():
+                self._check_primal_dependence(steps)
             objective = loss + self._constraint_terms(steps)
             if self.optimizer is not None:
                 objective = self.optimizer.scale_loss(objective)
@@ -641,6 +643,46 @@ class ConstrainedModel(keras.Model):
                 "compile() to skip such dual steps instead.",
             ],
         )
+
+    def _check_primal_dependence(self, steps) -> None:
+        """At trace time: do primal terms depend on trainable weights?
+
+        A proxy without a gradient is an error (the primal step could not
+        follow it); a constraint without one only gets a warning, since its
+        multiplier still moves (e.g. a constraint on data statistics).
+        Symbolic gradients that are not used are pruned from the graph.
+        """
+        if self.__dict__.get("_tfc_checked_primal") or not tf.inside_function():
+            return
+        variables = [v.value for v in self.trainable_weights]
+        for step in steps:
+            if step.proxy_violation is None or not variables:
+                continue
+            gradients = tf.gradients(
+                tf.reduce_sum(step.proxy_violation), variables
+            )
+            if any(g is not None for g in gradients):
+                continue
+            constraint = step.constraint
+            if constraint.proxy is not None:
+                raise ValueError(
+                    f"Constraint '{constraint.name}': its proxy has no "
+                    "gradient with respect to any trainable weight, so the "
+                    "primal step cannot follow it. A proxy must be a "
+                    "differentiable function of the model's outputs or "
+                    "weights."
+                )
+            import warnings
+
+            warnings.warn(
+                f"Constraint '{constraint.name}' does not depend on any "
+                "trainable weight: the primal step cannot reduce its "
+                "violation (only its multiplier moves). Give a "
+                "differentiable `proxy` if its value has no gradient.",
+                UserWarning,
+                stacklevel=2,
+            )
+        self.__dict__["_tfc_checked_primal"] = True
 
     def _constraint_terms(self, steps) -> tf.Tensor:
         """`Σ stop_gradient(w) · v` over constraints (primal objective)."""
