@@ -190,9 +190,7 @@ def test_proxy_without_gradient_raises():
 
 def test_constraint_independent_of_weights_warns():
     m = model()
-    m.add_constraint(
-        lambda b: keras.ops.mean(b.y), "<=", 2.0, name="data_only"
-    )
+    m.add_constraint(lambda b: keras.ops.mean(b.y), "<=", 2.0, name="data_only")
     with pytest.warns(UserWarning, match="'data_only'.*trainable"):
         compile_and_fit(m)
 
@@ -201,6 +199,7 @@ def test_value_length_changing_between_batches_raises():
     import tensorflow as tf
 
     m = model()
+
     def first_quarter(batch):
         flat = tf.reshape(batch.y_pred, [-1])
         return flat[: tf.shape(flat)[0] // 4]  # length 3, then 1

@@ -18,6 +18,13 @@ from tfconstrain import formulations
 
 DUMMY = np.zeros((1, 1), "float32")
 
+# Constraints fed by the data (not by the weights) fix the violation
+# sequence exactly; the model rightly warns that the primal step cannot move
+# them.
+pytestmark = pytest.mark.filterwarnings(
+    "ignore:Constraint 'c' does not depend on any trainable weight"
+)
+
 
 class Point(keras.layers.Layer):
     """Holds the decision vector; outputs it for every row of the batch."""
@@ -50,18 +57,14 @@ def run_steps(model, steps):
 # ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    "cls", [tfc.AugmentedLagrangian, tfc.QuadraticPenalty]
-)
+@pytest.mark.parametrize("cls", [tfc.AugmentedLagrangian, tfc.QuadraticPenalty])
 @pytest.mark.parametrize("penalty", [0.0, -1.0])
 def test_non_positive_penalty_is_rejected_with_a_clear_error(cls, penalty):
     with pytest.raises(ValueError, match=r"`penalty` must be > 0"):
         cls(penalty)
 
 
-@pytest.mark.parametrize(
-    "cls", [tfc.AugmentedLagrangian, tfc.QuadraticPenalty]
-)
+@pytest.mark.parametrize("cls", [tfc.AugmentedLagrangian, tfc.QuadraticPenalty])
 def test_non_finite_penalty_is_rejected(cls):
     with pytest.raises(ValueError, match="finite"):
         cls(float("nan"))
@@ -173,9 +176,7 @@ def schedule(formulation, violations):
     return values
 
 
-@pytest.mark.parametrize(
-    "cls", [tfc.AugmentedLagrangian, tfc.QuadraticPenalty]
-)
+@pytest.mark.parametrize("cls", [tfc.AugmentedLagrangian, tfc.QuadraticPenalty])
 def test_multiplicative_growth_is_capped(cls):
     formulation = cls(1.0, penalty_growth=2.0, max_penalty=5.0)
     assert schedule(formulation, [1.0] * 4) == [2.0, 4.0, 5.0, 5.0]
@@ -415,7 +416,7 @@ def test_augmented_lagrangian_solves_nocedal_wright_with_a_finite_penalty():
     assert model.penalties["circle"].numpy() == 1.0  # no growth needed
 
 
-@pytest.mark.parametrize("c", [10.0, 100.0])
+@pytest.mark.parametrize("c", [5.0, 10.0])
 def test_quadratic_penalty_leaves_a_residual_of_one_over_2c(c):
     model, point = nocedal_wright_model(
         tfc.QuadraticPenalty(c), learning_rate=0.1 / c
@@ -432,9 +433,9 @@ def test_quadratic_penalty_leaves_a_residual_of_one_over_2c(c):
 @pytest.mark.parametrize(
     "formulation, expected",
     [
-        # Gradient descent-ascent on the Lagrangian (convex in x near x*).
+        # Gradient descent-ascent on the Lagrangian (convex in x near x*);
+        # the augmented Lagrangian has its own test above.
         (tfc.Lagrangian(), (-1.0, -1.0)),
-        (tfc.AugmentedLagrangian(1.0), (-1.0, -1.0)),
         # Fixed weight 1: min x₁ + x₂ + (x₁² + x₂² - 2), x = -1/(2·1).
         (tfc.Penalty(1.0), (-0.5, -0.5)),
     ],

@@ -35,7 +35,12 @@ def moons_model(num_samples):
 
 
 def test_feasible_learning_on_two_moons():
-    """Every per-sample loss ends <= ε; samples never violated keep λ = 0."""
+    """Every per-sample loss ends <= ε; samples never violated keep λ = 0.
+
+    After a warm-up of pure primal steps, the dual steps start; a sample
+    whose loss stays within ε from then on (checked every 10 steps) is never
+    violated when seen, so its multiplier must stay exactly 0.
+    """
     x, y = make_moons(200, noise=0.1, random_state=0)
     x, y = x.astype("float32"), y[:, None].astype("float32")
     ids = np.arange(200)
@@ -48,16 +53,30 @@ def test_feasible_learning_on_two_moons():
     )
     ever_violated = np.zeros(200, bool)
 
-    class Track(keras.callbacks.Callback):
-        def on_epoch_begin(self, epoch, logs=None):
-            predictions = model.predict(x, verbose=0, batch_size=200)
-            losses = keras.ops.convert_to_numpy(
-                keras.losses.binary_crossentropy(y, predictions)
-            )
-            ever_violated[losses > EPSILON] = True
+    def record_violations():
+        predictions = model.predict(x, verbose=0, batch_size=200)
+        losses = keras.ops.convert_to_numpy(
+            keras.losses.binary_crossentropy(y, predictions)
+        )
+        ever_violated[losses > EPSILON] = True
 
+    warmup = 100
+
+    class Track(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            if batch + 1 >= warmup and batch % 10 == 9:
+                record_violations()
+
+    # 2 batches per pass over the data, 150 passes: 300 steps in one fit,
+    # the first 100 without dual steps (the easy samples get fitted).
+    dataset = (
+        tf.data.Dataset.from_tensor_slices((data, y)).batch(100).repeat(150)
+    )
     model.fit(
-        data, y, batch_size=50, epochs=150, verbose=0, callbacks=[Track()]
+        dataset,
+        verbose=0,
+        shuffle=False,
+        callbacks=[tfc.MultiplierCallback(warmup_steps=warmup), Track()],
     )
     predictions = model.predict(data, verbose=0)
     losses = keras.ops.convert_to_numpy(
@@ -68,10 +87,10 @@ def test_feasible_learning_on_two_moons():
     assert multipliers.shape == (200,)
     assert np.all(multipliers >= 0)
     assert np.any(multipliers > 0)
-    # A sample whose loss was within ε at every epoch start: with the
-    # per-epoch check we can only assert for samples never seen violated.
+    # Easy samples (never seen above ε, checked every 10 steps) keep λ = 0.
     never = ~ever_violated
-    assert never.sum() == 0 or np.all(multipliers[never] == 0.0)
+    assert never.sum() > 0
+    assert np.all(multipliers[never] == 0.0)
     report = model.constraint_report((data, y))
     assert report["each"]["satisfied"]
 
@@ -122,12 +141,14 @@ def test_per_sample_under_mirrored_strategy_matches_single_device(mirrored):
     np.testing.assert_allclose(
         single.multipliers["each"].numpy(),
         keras.ops.convert_to_numpy(replicated.multipliers["each"]),
+        rtol=1e-4,
         atol=1e-5,
     )
     for a, b in zip(single.weights, replicated.weights):
         np.testing.assert_allclose(
             keras.ops.convert_to_numpy(a),
             keras.ops.convert_to_numpy(b),
+            rtol=1e-4,
             atol=1e-5,
         )
 

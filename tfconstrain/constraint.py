@@ -312,9 +312,7 @@ class Constraint:
             # before the check above reports the constraint's name.
             length = expected[0]
             value = tf.reshape(
-                tf.concat([value, tf.zeros([length], value.dtype)], 0)[
-                    :length
-                ],
+                tf.concat([value, tf.zeros([length], value.dtype)], 0)[:length],
                 expected,
             )
         return tf.cast(value, tf.float32)

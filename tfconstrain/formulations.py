@@ -7,14 +7,17 @@ Every formulation adds, for each constraint with violation `v`, a term
 gradient of the formulation's objective. Formulations also say whether the
 multipliers move (dual step) and how penalty coefficients grow.
 
-| formulation          | ψ(v)                                   | w = ∂ψ/∂v        |
-| -------------------- | -------------------------------------- | ---------------- |
-| Lagrangian           | λ·v                                    | λ                |
-| AugmentedLagrangian  | (1/2c)([λ + c·v]₊² - λ²)  (inequality) | [λ + c·v]₊       |
-|                      | λ·v + (c/2)·v²            (equality)   | λ + c·v          |
-| QuadraticPenalty     | (c/2)·max(0, v)²          (inequality) | c·max(0, v)      |
-|                      | (c/2)·v²                  (equality)   | c·v              |
-| Penalty              | c·v                                    | c                |
+| formulation         | ψ(v)                         | w = ∂ψ/∂v     |
+| ------------------- | ---------------------------- | ------------- |
+| Lagrangian          | λ·v                          | λ             |
+| AugmentedLagrangian | (1/2c)([λ + c·v]₊² - λ²) (≤) | [λ + c·v]₊    |
+|                     | λ·v + (c/2)·v²           (=) | λ + c·v       |
+| QuadraticPenalty    | (c/2)·max(0, v)²         (≤) | c·max(0, v)   |
+|                     | (c/2)·v²                 (=) | c·v           |
+| Penalty             | c·v                          | c             |
+
+(≤) marks inequality constraints (`"<="` and `">="`, whose violation is
+already sign-adjusted), (=) equality constraints.
 """
 
 from __future__ import annotations
@@ -88,7 +91,8 @@ class Formulation:
         return cls(**config)
 
     def __repr__(self) -> str:
-        arguments = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
+        config = self.get_config()
+        arguments = ", ".join(f"{k}={v!r}" for k, v in config.items())
         return f"{type(self).__name__}({arguments})"
 
 
@@ -107,14 +111,31 @@ def _check_max_multiplier(value: Any) -> float | None:
 class Lagrangian(Formulation):
     """The Lagrangian `L(θ, λ) = f(θ) + Σ λ · v(θ)`.
 
-    Primal step: descent on `L` in `θ`. Dual step: ascent in `λ`, by default
-    `λ ← [λ + η · v]₊` (projected onto `λ >= 0` for inequalities, free for
-    equalities), with the `dual_optimizer` given to `compile`.
+    Primal step: descent on `L` in `θ`, i.e. on `f + Σ λ·v` with `λ` held
+    constant. Dual step: ascent in `λ` with the `dual_optimizer` given to
+    `compile`; for plain gradient ascent (the default, `η = 1e-2`)
+
+        λ ← [λ + η · v]₊     (inequality: projected onto λ >= 0)
+        μ ← μ + η · h        (equality: free sign)
+
+    Gradient descent-ascent converges when `L` is locally convex in `θ` at
+    the solution; where it is not (e.g. `L` concave in `θ`), the iterates
+    oscillate around the saddle point: use `tfc.optimizers.NuPI` with
+    `kp > 0`, or `tfc.AugmentedLagrangian`.
+
+    Example:
+
+    ```python
+    model.compile(optimizer="adam", loss="mse",
+                  formulation=tfc.Lagrangian(max_multiplier=100.0),
+                  dual_optimizer=0.05)
+    ```
 
     Args:
-        max_multiplier: Optional float. Multipliers are clipped to
-            `[-max_multiplier, max_multiplier]` after every dual step, a
-            safeguard against runaway growth on infeasible problems.
+        max_multiplier: Optional float > 0. Multipliers are clipped to
+            `[0, max_multiplier]` (inequalities) or
+            `[-max_multiplier, max_multiplier]` (equalities) after every dual
+            step, a safeguard against runaway growth on infeasible problems.
             Defaults to `None` (no cap).
     """
 
@@ -200,6 +221,14 @@ class _PenaltySchedule(Formulation):
         `c ← min(c · growth + increment, max_penalty)` if the violation is
         above `tolerance`; otherwise `c` is kept, or reset to its initial
         value when `reset_on_feasible` is set.
+
+        Args:
+            penalty: The current `c` (scalar tensor).
+            max_violation: The step's violation, max over entries of
+                `max(0, v)` (`|v|` for equalities).
+
+        Returns:
+            The next `c`.
         """
         if self.penalty_growth is None and self.penalty_increment is None:
             if not self.reset_on_feasible:
@@ -238,24 +267,65 @@ class AugmentedLagrangian(_PenaltySchedule):
         f + Σ (1/2c) · ([λ + c·v]₊² - λ²)     for inequalities,
         f + Σ (μ·h + (c/2)·h²)                for equalities.
 
-    Dual step: with no `dual_optimizer` in `compile`, the classical method of
-    multipliers `λ ← [λ + c·v]₊` (`μ ← μ + c·h`), i.e. ascent with step `c`;
-    otherwise the given dual optimizer. After each dual step whose violation
-    (max over entries of `max(0, v)`, or `|v|` for equalities) exceeds
-    `tolerance`, `c ← min(c · penalty_growth + penalty_increment,
-    max_penalty)`; with `reset_on_feasible`, `c` returns to `penalty` when the
-    violation is within tolerance.
+    Its primal weight is `w = [λ + c·v]₊` (`μ + c·h`): the multiplier
+    estimate that the classical method of multipliers would move to. The
+    quadratic part makes the objective locally convex in the weights at a
+    solution when `c` is large enough, even where the plain Lagrangian is not
+    (then gradient descent-ascent on `L` oscillates).
+
+    Dual step, with the penalty `c` of the current step:
+
+    - no `dual_optimizer` in `compile`: the classical step
+      `λ ← [λ + c·v]₊` (`μ ← μ + c·h`), ascent with step size `c`. It assumes
+      the primal has (nearly) minimised the objective between dual steps:
+      with one primal step per dual step, choose the primal learning rate so
+      that the weights can follow (`c` times the primal learning rate of
+      order 0.1 to 1), or run the dual step every `n` steps with
+      `tfc.MultiplierCallback(update_every=n)`;
+    - otherwise the given dual optimizer (e.g. `dual_optimizer=0.1` for
+      `λ ← [λ + 0.1·v]₊`, or `tfc.optimizers.NuPI(...)`).
+
+    Penalty schedule, after each dual step: if the violation (max over
+    entries of `max(0, v)`, or `|v|` for equalities) exceeds `tolerance`,
+
+        c ← min(c · penalty_growth + penalty_increment, max_penalty)
+
+    (a missing growth factor counts as 1, a missing increment as 0, a
+    missing cap as ∞); otherwise `c` is kept, or reset to `penalty` with
+    `reset_on_feasible=True`. The coefficients are model state
+    (`model.penalties`), saved with the model and logged as `NAME_penalty`.
+
+    Example:
+
+    ```python
+    model.compile(
+        optimizer=keras.optimizers.SGD(0.1),
+        loss="mse",
+        formulation=tfc.AugmentedLagrangian(
+            penalty=1.0, penalty_growth=2.0, max_penalty=100.0
+        ),
+    )
+    ```
 
     Args:
         penalty: Float > 0. Initial `c`. Defaults to `1.0`.
-        penalty_growth: Optional float > 1. Multiplicative growth.
-        max_penalty: Optional float. Cap on `c`.
+        penalty_growth: Optional float > 1. Multiplicative growth factor.
+            Defaults to `None` (no multiplicative growth).
+        max_penalty: Optional float >= `penalty`. Cap on `c`. Defaults to
+            `None` (no cap).
         tolerance: Float >= 0. Violation above which `c` grows. Defaults to
             `1e-4`.
-        penalty_increment: Optional float > 0. Additive growth.
-        reset_on_feasible: Bool. Reset `c` when feasible. Defaults to
-            `False`.
-        max_multiplier: Optional float. Cap on `|λ|` after every dual step.
+        penalty_increment: Optional float > 0. Additive growth. Defaults to
+            `None`.
+        reset_on_feasible: Bool. Whether `c` returns to `penalty` after a
+            dual step within `tolerance`. Defaults to `False`.
+        max_multiplier: Optional float > 0. Cap on `λ` (on `|μ|` for
+            equalities) after every dual step. Defaults to `None`.
+
+    Raises:
+        ValueError: for `penalty <= 0` (the `1/2c` term is undefined; use
+            `tfc.Lagrangian()` for no penalty), a non-finite value, a
+            growth factor <= 1, or `max_penalty < penalty`.
     """
 
     def __init__(
@@ -310,17 +380,32 @@ class QuadraticPenalty(_PenaltySchedule):
     """The quadratic penalty method; multipliers do not move.
 
     Primal objective: `f + Σ (c/2) · max(0, v)²` for inequalities and
-    `f + Σ (c/2) · v²` for equalities. Its minimiser violates active
-    constraints by `O(1/c)`; `penalty_growth` drives `c` up while the
-    violation exceeds `tolerance`.
+    `f + Σ (c/2) · v²` for equalities. Its minimiser violates an active
+    constraint by about `λ*/c` (with `λ*` the optimal multiplier): only
+    `c → ∞` makes it feasible, and a large `c` makes the problem
+    ill-conditioned. `penalty_growth` / `penalty_increment` drive `c` up
+    while the violation exceeds `tolerance`, with the same schedule as
+    `tfc.AugmentedLagrangian`.
+
+    Example:
+
+    ```python
+    model.compile(optimizer="sgd", loss="mse",
+                  formulation=tfc.QuadraticPenalty(10.0))
+    ```
 
     Args:
         penalty: Float > 0. Initial `c`. Defaults to `1.0`.
-        penalty_growth: Optional float > 1. Multiplicative growth.
-        max_penalty: Optional float. Cap on `c`.
-        tolerance: Float >= 0. Defaults to `1e-4`.
-        penalty_increment: Optional float > 0. Additive growth.
-        reset_on_feasible: Bool. Defaults to `False`.
+        penalty_growth: Optional float > 1. Multiplicative growth. Defaults
+            to `None`.
+        max_penalty: Optional float >= `penalty`. Cap on `c`. Defaults to
+            `None`.
+        tolerance: Float >= 0. Violation above which `c` grows. Defaults to
+            `1e-4`.
+        penalty_increment: Optional float > 0. Additive growth. Defaults to
+            `None`.
+        reset_on_feasible: Bool. Whether `c` returns to `penalty` when the
+            violation is within `tolerance`. Defaults to `False`.
     """
 
     updates_multipliers = False
@@ -345,8 +430,18 @@ class Penalty(Formulation):
 
     This is the hand-tuned penalty that constrained optimisation replaces:
     the multipliers are frozen at `coefficient` (`model.multipliers[NAME]`
-    reads `c` and never changes). Useful to reproduce the baseline with the
-    same model and data by switching one argument.
+    reads `c` and never changes). It solves the constrained problem only if
+    `c` happens to equal the optimal multiplier and the problem is convex in
+    the weights; otherwise no `c` may work at all (see
+    `docs/dual_methods.md`). Useful to reproduce the baseline with the same
+    model and data by switching one argument.
+
+    Example:
+
+    ```python
+    model.compile(optimizer="adam", loss="mse",
+                  formulation=tfc.Penalty(0.5))
+    ```
 
     Args:
         coefficient: Float >= 0. The fixed weight `c` of every constraint.

@@ -44,6 +44,7 @@ import tensorflow as tf
 from tfconstrain.batch import Batch
 from tfconstrain.constraint import Constraint
 from tfconstrain.constraint import Statistics
+from tfconstrain.constraint import normalize_kind
 from tfconstrain.constraints.rates import PredictionSettings
 from tfconstrain.constraints.rates import _broadcast_bound
 from tfconstrain.constraints.rates import canonical_rate
@@ -164,7 +165,7 @@ class RateGap(Constraint):
                 f"Constraint '{name}': `form` must be one of {FORMS}, got "
                 f"{form!r}."
             )
-        if kind not in ("<=", "le"):
+        if normalize_kind(kind, name) != "<=":
             raise ValueError(
                 f"Constraint '{name}': a rate gap is bounded above; `kind` "
                 f"must be '<=', got {kind!r}."

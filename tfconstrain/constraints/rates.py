@@ -391,7 +391,7 @@ class Rate(Constraint):
             bound = _broadcast_bound(bound, (groups,), name)
         self.rate = rate
         self.group_key = group_key
-        self.num_groups = int(num_groups)
+        self.num_groups = num_groups if groups is None else groups
         self.settings = PredictionSettings(
             threshold, from_logits, surrogate, temperature, name
         )

@@ -27,8 +27,7 @@ def check_learning_rate(learning_rate: Any, owner: str) -> float:
         value = float(learning_rate)
     except (TypeError, ValueError) as error:
         raise TypeError(
-            f"{owner}: `learning_rate` must be a float, got "
-            f"{learning_rate!r}."
+            f"{owner}: `learning_rate` must be a float, got {learning_rate!r}."
         ) from error
     if not value > 0 or value == float("inf"):
         raise ValueError(

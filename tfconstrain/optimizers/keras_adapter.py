@@ -32,9 +32,11 @@ class KerasDualOptimizer(DualOptimizer):
 
     The optimizer is cloned from its config, so the instance given to
     `compile` stays unbuilt and can be reused. Its state (iterations, slots)
-    is saved with the model. Options that would change the update outside
-    `update_step` (clipping, weight decay, EMA, gradient accumulation) are
-    rejected. Momentum makes the dual dynamics overshoot; a warning says so.
+    is saved with the model. Its `iterations` count dual steps, so a
+    learning-rate schedule advances once per dual step. Options that would
+    change the update outside `update_step` (clipping, weight decay, EMA,
+    gradient accumulation) are rejected. Momentum makes the dual dynamics
+    overshoot; a warning says so.
 
     Args:
         optimizer: A `keras.optimizers.Optimizer` instance.
@@ -55,7 +57,7 @@ class KerasDualOptimizer(DualOptimizer):
                     f"{type(optimizer).__name__} is not supported for the "
                     "dual step. Remove it."
                 )
-        if _has_momentum(optimizer, config):
+        if _has_momentum(config):
             warnings.warn(
                 f"The dual optimizer {type(optimizer).__name__} has "
                 "momentum. Momentum on multipliers tends to overshoot and "
@@ -94,10 +96,14 @@ class KerasDualOptimizer(DualOptimizer):
         return cls(keras.optimizers.deserialize(config["optimizer"]))
 
 
-def _has_momentum(optimizer, config: dict) -> bool:
-    if float(config.get("momentum") or 0.0) > 0:
-        return True
-    adaptive_momentum = ("Adam", "AdamW", "Adamax", "Nadam", "Lamb", "Lion")
-    return type(optimizer).__name__ in adaptive_momentum and (
-        float(config.get("beta_1", 0.0)) > 0
+def _has_momentum(config: dict) -> bool:
+    """Whether the optimizer keeps a momentum (first-moment) average.
+
+    `momentum` (SGD, RMSprop, Muon), `beta_1` (Adam and its variants, Lion,
+    Lamb, schedule-free AdamW) and `adam_beta_1` (Muon's Adam path, which
+    1-D variables such as multipliers take).
+    """
+    return any(
+        float(config.get(key) or 0.0) > 0.0
+        for key in ("momentum", "beta_1", "adam_beta_1")
     )

@@ -19,13 +19,24 @@ class NuPI(DualOptimizer):
         λ_{t+1} = [λ_t + η · (κ_i · e_t + κ_p · (ξ_t - ξ_{t-1}))]₊
 
     initialised with `ξ_{-1} = e_0`, so the first step is plain gradient
-    ascent `η · κ_i · e_0`. With `kp=0, ki=1, nu=0` every step is exactly
-    gradient ascent `λ ← [λ + η · e_t]₊`. The proportional term damps the
-    oscillations of gradient ascent; `ν` smooths the error signal.
+    ascent `η · κ_i · e_0` whatever `κ_p` and `ν` (no proportional kick from
+    an arbitrary zero initial state). With `kp=0, ki=1, nu=0` every step is
+    exactly gradient ascent `λ ← [λ + η · e_t]₊`. Equality multipliers are
+    not projected.
 
-    State (saved with the model): `ξ` per constraint entry and a flag telling
-    whether the entry has seen its first step. Entries without data in a batch
-    (masked) keep their state.
+    Why it helps: the integral term `κ_i·e_t` is gradient ascent, which
+    oscillates around saddle points where the Lagrangian is not convex in the
+    weights. The proportional term reacts to the *change* of the violation,
+    `κ_p·(ξ_t − ξ_{t−1}) ≈ κ_p·(e_t − e_{t−1})`: it raises `λ` while the
+    violation is rising and lowers it while the violation is falling, which
+    damps the oscillation. `ν` low-pass filters the error (useful with noisy
+    mini-batch violations).
+
+    State (saved with the model and in checkpoints): `ξ` per constraint entry
+    and a flag telling whether the entry has seen its first step. The state
+    is of errors, not of `λ`: the projection `[·]₊` does not reset it.
+    Entries without data in a batch (masked) keep their state, and their
+    first step with data is again plain ascent.
 
     Example:
 
