@@ -632,7 +632,7 @@ DUAL_SETUPS = {
 
 
 def dual_state_model(setup):
-    model, point = example1_model(0.5, **DUAL_SETUPS[setup])
+    model, _ = example1_model(0.5, **DUAL_SETUPS[setup])
     return model
 
 

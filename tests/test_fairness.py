@@ -347,3 +347,21 @@ def test_bad_fairness_arguments_raise_naming_the_constraint():
         tfc.constraints.EqualOpportunity(None)
     with pytest.raises(ValueError, match="EqualizedOdds constrains"):
         tfc.constraints.EqualizedOdds("sex", rates=("error_rate",))
+
+
+def test_log_of_a_satisfied_gap_constraint_is_the_largest_gap():
+    """Rates 1.0 (group 0) and 0.5 (group 1): the logged gap is 0.5.
+
+    Every entry satisfies the 0.9 bound, so the log reports the entry
+    closest to it (the largest gap), not entry 0 (which is -0.5).
+    """
+    p = np.array([[0.9], [0.8], [0.7], [0.2]], "float32")
+    model = _identity_model([tfc.constraints.DemographicParity("g", 0.9)])
+    logs = model.evaluate(
+        {"score": p, "g": np.array([0, 0, 1, 1])},
+        np.ones((4, 1), "float32"),
+        return_dict=True,
+        verbose=0,
+    )
+    assert logs["demographic_parity"] == pytest.approx(0.5)
+    assert logs["demographic_parity_violation"] == 0.0

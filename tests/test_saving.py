@@ -136,3 +136,47 @@ def test_backup_and_restore_resumes_between_epochs(tmp_path):
     )
     for a, b in zip(state(reference), state(resumed)):
         np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+def test_backup_and_restore_resumes_mid_epoch(tmp_path):
+    """Pre-empted after batch 2 of epoch 2 (step 7), resumed: same result.
+
+    Keras restarts the interrupted epoch from its first batch; the resumed
+    `fit` skips the 3 batches already in the backup (save_freq=1).
+    """
+    reference = build("augmented")
+    train(reference, 3)
+
+    class Preempt(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            if self.model.optimizer.iterations.numpy() == 7:
+                raise RuntimeError("pre-empted")
+
+    backup = str(tmp_path / "backup")
+    model = build("augmented")
+    with pytest.raises(RuntimeError, match="pre-empted"):
+        model.fit(
+            FEATURES,
+            LABELS,
+            batch_size=8,
+            epochs=3,
+            shuffle=False,
+            verbose=0,
+            callbacks=[
+                keras.callbacks.BackupAndRestore(backup, save_freq=1),
+                Preempt(),
+            ],
+        )
+    resumed = build("augmented")
+    resumed.fit(
+        FEATURES,
+        LABELS,
+        batch_size=8,
+        epochs=3,
+        shuffle=False,
+        verbose=0,
+        callbacks=[keras.callbacks.BackupAndRestore(backup, save_freq=1)],
+    )
+    assert resumed.optimizer.iterations.numpy() == 12
+    for a, b in zip(state(reference), state(resumed)):
+        np.testing.assert_allclose(a, b, atol=1e-6)

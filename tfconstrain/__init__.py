@@ -53,6 +53,7 @@ from tfconstrain.batch import Batch  # noqa: E402
 from tfconstrain.callbacks import MultiplierCallback  # noqa: E402
 from tfconstrain.constraint import Constraint  # noqa: E402
 from tfconstrain.constraint import FunctionConstraint  # noqa: E402
+from tfconstrain.feasible import BestFeasibleWeights  # noqa: E402
 from tfconstrain.formulations import AugmentedLagrangian  # noqa: E402
 from tfconstrain.formulations import Formulation  # noqa: E402
 from tfconstrain.formulations import Lagrangian  # noqa: E402
@@ -65,6 +66,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AugmentedLagrangian",
+    "BestFeasibleWeights",
     "Batch",
     "ConstrainedModel",
     "ConstrainedSequential",

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from tfconstrain.constraint import Constraint
@@ -86,14 +87,25 @@ class ConstraintMetric(keras.metrics.Metric):
 
     def result(self) -> dict:
         name = self._constraint.name
-        value = self.value()
-        violation = self._constraint.positive_violation(
-            self._constraint.violation(value)
-        )
+        constraint = self._constraint
+        totals = tuple(tf.convert_to_tensor(t) for t in self.totals)
+        value = constraint.result(totals)
+        signed = constraint.violation(value)
+        violation = constraint.positive_violation(signed)
         if value.shape.rank:
-            worst = tf.argmax(violation)
+            # Entries without data are left out; the others are ranked by
+            # signed violation, so a satisfied vector constraint reports
+            # the entry closest to its bound (e.g. the largest gap).
+            ranking = tf.abs(signed) if constraint.is_equality else signed
+            valid = constraint.valid(totals)
+            if valid is not None:
+                ranking = tf.where(
+                    valid, ranking, tf.fill(tf.shape(ranking), -np.inf)
+                )
+                violation = tf.where(valid, violation, tf.zeros_like(violation))
+            worst = tf.argmax(ranking)
             value = tf.gather(value, worst)
-            violation = tf.gather(violation, worst)
+            violation = tf.reduce_max(violation)
         logs = {
             name: value,
             f"{name}_violation": violation,

@@ -374,6 +374,21 @@ class ConstrainedModel(keras.Model):
         return super().__call__(inputs, *args, **kwargs)
 
     def train_step(self, data):
+        counter = self.__dict__.get("_tfc_resume_skip")
+        if counter is None:
+            return self._constrained_train_step(data)
+        # Resuming mid-epoch: the first batches of the epoch were trained
+        # before the interruption; consume them without a step.
+
+        def skip():
+            counter.assign_sub(1)
+            return self._step_logs()
+
+        return tf.cond(
+            counter > 0, skip, lambda: self._constrained_train_step(data)
+        )
+
+    def _constrained_train_step(self, data):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         x, features = self._split_side_information(x)
         update = self._tfc.update
@@ -792,23 +807,32 @@ class ConstrainedModel(keras.Model):
         return values
 
     def _run_epoch_dual_step(self, values: list) -> None:
-        """One dual step from dataset-level violations (eager, all replicas)."""
-        constraints = list(self._tfc.constraints)
-        strategy = self.distribute_strategy
+        """One dual step from dataset-level violations (eager, all replicas).
 
-        def replica_step(violations, masks):
-            self._dual_step(
-                [
-                    _ConstraintStep(c, v, m, None)
-                    for c, v, m in zip(constraints, violations, masks)
-                ]
+        The compiled function is cached and rebuilt only when constraints
+        are added.
+        """
+        cached = self.__dict__.get("_tfc_epoch_dual_step")
+        if cached is None:
+            constraints = list(self._tfc.constraints)
+            strategy = self.distribute_strategy
+
+            def replica_step(violations, masks):
+                self._dual_step(
+                    [
+                        _ConstraintStep(c, v, m, None)
+                        for c, v, m in zip(constraints, violations, masks)
+                    ]
+                )
+                return tf.constant(0)
+
+            cached = tf.function(
+                lambda v, m: strategy.run(replica_step, args=(v, m))
             )
-            return tf.constant(0)
-
-        violations = [tf.constant(v, tf.float32) for v, _ in values]
-        masks = [tf.constant(m, tf.bool) for _, m in values]
-        tf.function(lambda v, m: strategy.run(replica_step, args=(v, m)))(
-            violations, masks
+            self.__dict__["_tfc_epoch_dual_step"] = cached
+        cached(
+            [tf.constant(v, tf.float32) for v, _ in values],
+            [tf.constant(m, tf.bool) for _, m in values],
         )
 
     # ------------------------------------------------------ constraint setup
@@ -885,6 +909,8 @@ class ConstrainedModel(keras.Model):
             self._tfc_metrics = list(state.metrics.values())
         if self.compiled:
             self._build_dual_state()
+        self.__dict__.pop("_tfc_epoch_dual_step", None)
+        self.__dict__.pop("_tfc_checked_primal", None)
         if started:
             # Rebuilt safely: the compiled step functions are traced again.
             self.train_function = None
@@ -910,15 +936,34 @@ class ConstrainedModel(keras.Model):
             state.layer_constraint_names.add(constraint.name)
 
     def fit(self, *args, callbacks=None, **kwargs):
-        """Keras' `fit`, plus a warning when a multiplier diverges.
+        """Keras' `fit`, plus divergence warnings and exact resumption.
 
-        A `tfc.safeguards.MultiplierGrowthMonitor` is added to the callbacks
-        (unless one is given): it warns, once per constraint, when a
-        multiplier keeps growing while its violation does not shrink.
+        - A `tfc.safeguards.MultiplierGrowthMonitor` is added to the
+          callbacks (unless one is given): it warns, once per constraint,
+          when a multiplier keeps growing while its violation does not
+          shrink.
+        - With `keras.callbacks.BackupAndRestore(save_freq=n)` interrupted
+          in the middle of an epoch, Keras restarts that epoch from its
+          first batch with the weights saved after batch `b`; this `fit`
+          instead consumes the first `b + 1` batches of the resumed epoch
+          without training on them, so the run continues exactly where
+          the backup was taken (same data order required: no shuffling,
+          or a seeded one).
         """
-        return super().fit(
-            *args, callbacks=self._with_safeguards(callbacks), **kwargs
-        )
+        callbacks = self._with_safeguards(callbacks)
+        skip = _batches_done_in_backup(callbacks)
+        if not skip:
+            return super().fit(*args, callbacks=callbacks, **kwargs)
+        with self.distribute_strategy.scope():
+            self.__dict__["_tfc_resume_skip"] = tf.Variable(
+                skip, dtype=tf.int64, trainable=False
+            )
+        self.train_function = None
+        try:
+            return super().fit(*args, callbacks=callbacks, **kwargs)
+        finally:
+            del self.__dict__["_tfc_resume_skip"]
+            self.train_function = None
 
     def _with_safeguards(self, callbacks):
         try:
@@ -1074,7 +1119,13 @@ class ConstrainedModel(keras.Model):
             for key in x
             if key in declared or (is_functional and key not in inputs)
         ]
+        structure = getattr(self, "_inputs_struct", None)
+        single_input = isinstance(self, keras.Sequential) or (
+            is_functional and not isinstance(structure, dict)
+        )
         if not side:
+            if single_input and len(x) == 1:
+                return next(iter(x.values())), {}
             return x, {}
         features = {key: x[key] for key in side}
         rest = {key: value for key, value in x.items() if key not in side}
@@ -1086,10 +1137,6 @@ class ConstrainedModel(keras.Model):
         # Functional models with one non-dict input and Sequential models
         # take the remaining tensor itself; subclassed models receive the
         # dict without the side-information keys, as their `call` expects.
-        structure = getattr(self, "_inputs_struct", None)
-        single_input = isinstance(self, keras.Sequential) or (
-            is_functional and not isinstance(structure, dict)
-        )
         if len(rest) == 1 and single_input:
             rest = next(iter(rest.values()))
         return rest, features
@@ -1184,6 +1231,33 @@ def _propose(dual, name, multiplier, violation, mask, penalty, indices):
         name, multiplier, dense_violation, dense_mask, penalty
     )
     return tf.gather(proposed, indices)
+
+
+def _batches_done_in_backup(callbacks) -> int:
+    """Batches of the interrupted epoch already in a BackupAndRestore backup.
+
+    Keras' metadata holds the epoch and the index of the last batch at which
+    it saved (with `save_freq=n`); `0` when there is nothing to skip.
+    """
+    import json
+    import os
+
+    for callback in callbacks or ():
+        if not isinstance(callback, keras.callbacks.BackupAndRestore):
+            continue
+        if callback.save_freq == "epoch":
+            return 0
+        path = getattr(
+            callback,
+            "_training_metadata_path",
+            os.path.join(callback.backup_dir, "training_metadata.json"),
+        )
+        if not os.path.exists(path):
+            return 0
+        with open(path) as file:
+            metadata = json.load(file)
+        return int(metadata.get("batch", -1)) + 1
+    return 0
 
 
 def _project(value, constraint: Constraint, cap: float | None):

@@ -76,10 +76,13 @@ def constraint_report(model, data: Any, batch_size: int | None = None):
 
     report = {}
     for constraint, statistics in zip(constraints, totals):
-        value = constraint.result(
-            tuple(tf.constant(s, tf.float32) for s in statistics)
-        )
+        statistics = tuple(tf.constant(s, tf.float32) for s in statistics)
+        value = constraint.result(statistics)
         violation = constraint.positive_violation(constraint.violation(value))
+        valid = constraint.valid(statistics)
+        if valid is not None:
+            # Entries without data (e.g. an absent group) are not violated.
+            violation = tf.where(valid, violation, tf.zeros_like(violation))
         multiplier = keras.ops.convert_to_numpy(
             model.multipliers[constraint.name]
         )

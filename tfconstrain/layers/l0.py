@@ -225,6 +225,18 @@ class HardConcreteGatesMixin(LayerConstraintMixin):
         s = tf.sigmoid(logits / self.temperature)
         return tf.clip_by_value(s * (zeta - gamma) + gamma, 0.0, 1.0)
 
+    # Keras' Dense and Conv layers save a fixed list of their own variables;
+    # the gate parameters are added to it.
+    def save_own_variables(self, store):
+        super().save_own_variables(store)
+        if self.built:
+            store["log_alpha"] = self.log_alpha
+
+    def load_own_variables(self, store):
+        super().load_own_variables(store)
+        if self.built and "log_alpha" in store:
+            self.log_alpha.assign(store["log_alpha"])
+
     # --------------------------------------------------------------- public
     def gate_values(self) -> tf.Tensor:
         """The inference gates `clip(sigmoid(log α)·(ζ − γ) + γ, 0, 1)`."""
