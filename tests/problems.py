@@ -52,3 +52,9 @@ def run_steps(model, steps, batch=1):
     dummy = np.zeros((batch, 1), "float32")
     dataset = tf.data.Dataset.from_tensors((dummy, dummy)).repeat(steps)
     return model.fit(dataset, epochs=1, verbose=0, shuffle=False)
+
+
+@keras.saving.register_keras_serializable(package="tfconstrain_tests")
+def mean_prediction(batch):
+    """A registered constraint function (restorable by `load_model`)."""
+    return keras.ops.mean(batch.y_pred)

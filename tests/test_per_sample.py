@@ -158,3 +158,36 @@ def test_bad_per_sample_arguments():
         PerSampleConstraint(per_example_loss, "<=", 0.1, num_samples=0)
     with pytest.raises(ValueError, match="one float"):
         PerSampleConstraint(per_example_loss, "<=", [0.1, 0.2], num_samples=2)
+
+
+def test_nupi_touches_only_the_batch_entries_and_their_state():
+    model = moons_model(10)
+    model.compile(
+        optimizer=keras.optimizers.SGD(0.0),
+        loss="binary_crossentropy",
+        dual_optimizer=tfc.optimizers.NuPI(1.0, kp=2.0, nu=0.5),
+    )
+    x = np.random.default_rng(0).normal(size=(10, 2)).astype("float32")
+    y = np.ones((10, 1), "float32")
+    ids = np.array([3, 7, 1])
+    model.fit(
+        {"features": x[ids], "sample_id": ids}, y[ids], epochs=2, verbose=0
+    )
+    predictions = model.predict(x[ids], verbose=0)
+    violation = (
+        keras.ops.convert_to_numpy(
+            keras.losses.binary_crossentropy(y[ids], predictions)
+        )
+        - EPSILON
+    )
+    # Constant violation e (SGD 0): step 1 is η·e, step 2 adds η·e again
+    # (ξ stays e, so the proportional term is 0): λ = [2e]₊ on the ids.
+    expected = np.zeros(10, np.float32)
+    expected[ids] = np.maximum(2 * violation, 0.0)
+    np.testing.assert_allclose(
+        model.multipliers["each"].numpy(), expected, rtol=1e-5, atol=1e-7
+    )
+    state = {v.name: v.numpy() for v in model._tfc.dual_variables}
+    started = state["each_nupi_started"]
+    assert started[ids].tolist() == [1.0, 1.0, 1.0]
+    assert started.sum() == 3.0

@@ -49,6 +49,7 @@ from tfconstrain import constraints  # noqa: E402
 from tfconstrain import datasets  # noqa: E402
 from tfconstrain import layers  # noqa: E402
 from tfconstrain import optimizers  # noqa: E402
+from tfconstrain import safeguards  # noqa: E402
 from tfconstrain.batch import Batch  # noqa: E402
 from tfconstrain.callbacks import MultiplierCallback  # noqa: E402
 from tfconstrain.constraint import Constraint  # noqa: E402
@@ -81,4 +82,5 @@ __all__ = [
     "datasets",
     "layers",
     "optimizers",
+    "safeguards",
 ]

@@ -41,7 +41,13 @@ class DualOptimizer:
     """Base class of dual optimizers.
 
     Subclasses implement `propose`, and `build` when they keep state.
+    Those that set `supports_indices = True` also accept `indices=` in
+    `propose`: the violation then holds only the entries at those indices
+    (per-example constraints), and only those entries and their state are
+    read and written. Others receive a dense violation instead.
     """
+
+    supports_indices = False
 
     def build(
         self, multipliers: dict[str, Any], create_state: StateFactory
@@ -70,6 +76,7 @@ class DualOptimizer:
         """
         raise NotImplementedError
 
+    @tf.autograph.experimental.do_not_convert
     def finish_step(self) -> None:
         """Called once after every constraint's `propose` of a dual step."""
 
@@ -97,8 +104,14 @@ class GradientAscent(DualOptimizer):
             learning_rate, "GradientAscent"
         )
 
-    def propose(self, name, multiplier, violation, mask, penalty=None):
-        return multiplier + self.learning_rate * violation
+    supports_indices = True
+
+    def propose(
+        self, name, multiplier, violation, mask, penalty=None, indices=None
+    ):
+        return (
+            read_entries(multiplier, indices) + self.learning_rate * violation
+        )
 
     def get_config(self) -> dict:
         return {"learning_rate": self.learning_rate}
@@ -112,10 +125,30 @@ class PenaltyStepAscent(DualOptimizer):
     current penalty coefficient of the constraint.
     """
 
-    def propose(self, name, multiplier, violation, mask, penalty=None):
+    supports_indices = True
+
+    def propose(
+        self, name, multiplier, violation, mask, penalty=None, indices=None
+    ):
         if penalty is None:
             raise ValueError(
                 f"Constraint '{name}': the classical augmented-Lagrangian "
                 "dual step needs a penalty coefficient."
             )
-        return multiplier + penalty * violation
+        return read_entries(multiplier, indices) + penalty * violation
+
+
+def read_entries(variable, indices) -> tf.Tensor:
+    """A variable's value, or its entries at `indices`."""
+    value = tf.convert_to_tensor(variable)
+    if indices is None:
+        return value
+    return tf.gather(value, indices)
+
+
+def write_entries(variable, value, indices) -> None:
+    """Assigns a variable, or only its entries at `indices`."""
+    if indices is None:
+        variable.assign(value)
+    else:
+        variable.value.scatter_update(tf.IndexedSlices(value, indices))

@@ -7,6 +7,8 @@ import tensorflow as tf
 
 from tfconstrain.optimizers.base import DualOptimizer
 from tfconstrain.optimizers.base import check_learning_rate
+from tfconstrain.optimizers.base import read_entries
+from tfconstrain.optimizers.base import write_entries
 
 
 @keras.saving.register_keras_serializable(package="tfconstrain")
@@ -80,9 +82,13 @@ class NuPI(DualOptimizer):
                 f"{name}_nupi_started", shape, 0.0
             )
 
-    def propose(self, name, multiplier, violation, mask, penalty=None):
-        xi_state = self._xi[name]
-        started = self._started[name]
+    supports_indices = True
+
+    def propose(
+        self, name, multiplier, violation, mask, penalty=None, indices=None
+    ):
+        xi_state = read_entries(self._xi[name], indices)
+        started = read_entries(self._started[name], indices)
         previous = tf.where(started > 0, xi_state, violation)
         xi = self.nu * previous + (1.0 - self.nu) * violation
         step = self.ki * violation + self.kp * (xi - previous)
@@ -91,9 +97,9 @@ class NuPI(DualOptimizer):
             now_started = tf.where(mask, tf.ones_like(started), started)
         else:
             now_started = tf.ones_like(started)
-        xi_state.assign(xi)
-        started.assign(now_started)
-        return multiplier + self.learning_rate * step
+        write_entries(self._xi[name], xi, indices)
+        write_entries(self._started[name], now_started, indices)
+        return read_entries(multiplier, indices) + self.learning_rate * step
 
     def get_config(self) -> dict:
         return {
