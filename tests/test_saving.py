@@ -180,3 +180,16 @@ def test_backup_and_restore_resumes_mid_epoch(tmp_path):
     assert resumed.optimizer.iterations.numpy() == 12
     for a, b in zip(state(reference), state(resumed)):
         np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+def test_unrestorable_callable_error_names_the_constraint(tmp_path):
+    inputs = keras.Input((3,))
+    model = tfc.ConstrainedModel(inputs, keras.layers.Dense(1)(inputs))
+    model.add_constraint(
+        lambda b: keras.ops.mean(b.y_pred), "<=", 0.2, name="anonymous"
+    )
+    model.compile(optimizer="sgd", loss="mse")
+    path = str(tmp_path / "lambda.keras")
+    model.save(path)
+    with pytest.raises(ValueError, match="'anonymous'.*register"):
+        keras.models.load_model(path)
