@@ -13,7 +13,7 @@ density you get depends on `c`.
 Run:
 
     python examples/sparsity_digits.py            # full run (~1 min)
-    python examples/sparsity_digits.py --quick    # smoke run (~10 s)
+    python examples/sparsity_digits.py --quick    # 40 epochs (~15 s)
 """
 
 from __future__ import annotations
@@ -81,7 +81,7 @@ def main(argv=None):
     )
     args = parser.parse_args(argv)
     data = load_data()
-    epochs = 20 if args.quick else 60
+    epochs = 40 if args.quick else 60
 
     result = train(tfc.AugmentedLagrangian(penalty=10.0), 0.0005, epochs, data)
     print(f"Constraint: density == {TARGET} ({epochs} epochs)")
