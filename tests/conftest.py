@@ -28,7 +28,13 @@ def _fresh_session():
     keras.mixed_precision.set_dtype_policy("float32")
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def mirrored():
-    """A MirroredStrategy over the two logical CPU devices."""
+    """A MirroredStrategy over the two logical CPU devices.
+
+    One strategy for the whole session: strategies created one after the
+    other in a process share collective group and instance keys, and a
+    collective of one can then be matched with another's (TensorFlow aborts
+    every later collective: "Shape mismatch in the collective instance").
+    """
     return tf.distribute.MirroredStrategy(["CPU:0", "CPU:1"])
