@@ -347,7 +347,9 @@ def test_constraint_report_keys_and_values():
         "multiplier",
     }
     np.testing.assert_allclose(entry["value"], expected, rtol=1e-6)
-    np.testing.assert_allclose(entry["violation"], max(0.0, 0.9 - expected))
+    np.testing.assert_allclose(
+        entry["violation"], max(0.0, 0.9 - expected), rtol=1e-5
+    )
     assert entry["kind"] == ">=" and entry["bound"] == pytest.approx(0.9)
     assert entry["satisfied"] is (0.9 - expected <= 1e-4)
 
@@ -374,3 +376,75 @@ def test_functional_model_supports_multiple_constraints_and_kinds():
     compile_default(model)
     history = model.fit(FEATURES, LABELS, epochs=2, verbose=0)
     assert {"upper", "lower", "equal"} <= set(history.history)
+
+
+def test_keras_dual_optimizer_survives_adding_a_constraint_after_compile():
+    model = functional()
+    model.add_constraint(mean_prediction, "<=", 0.1, name="first")
+    compile_default(model, dual_optimizer=keras.optimizers.SGD(0.5))
+    model.fit(FEATURES, LABELS, epochs=1, verbose=0)
+    before = model.multipliers["first"].numpy()
+    model.add_constraint(mean_prediction, ">=", 0.95, name="second")
+    model.fit(FEATURES, LABELS, epochs=1, verbose=0)
+    assert model.multipliers["second"].numpy() > 0
+    assert model.multipliers["first"].numpy() != before
+    iterations = model.dual_optimizer.optimizer.iterations.numpy()
+    assert iterations == 2 * 2  # state kept: 2 steps per epoch, 2 epochs
+
+
+def test_recompile_resets_the_epoch_dual_step():
+    model = functional()
+    model.add_constraint(mean_prediction, ">=", 0.99, name="rate")
+    for rate in (1.0, 100.0):
+        compile_default(model, dual_optimizer=rate)
+        before = model.multipliers["rate"].numpy()
+        history = model.fit(
+            FEATURES,
+            LABELS,
+            epochs=1,
+            verbose=0,
+            callbacks=[tfc.MultiplierCallback(update_every="epoch")],
+        )
+        violation = history.history["rate_violation"][-1]
+        np.testing.assert_allclose(
+            model.multipliers["rate"].numpy(),
+            before + rate * violation,
+            rtol=1e-5,
+        )
+
+
+def test_log_key_clash_between_constraints_is_rejected():
+    model = functional()
+    model.add_constraint(mean_prediction, "<=", 0.9, name="rate")
+    with pytest.raises(ValueError, match="'rate_violation'.*clash"):
+        model.add_constraint(mean_prediction, "<=", 0.9, name="rate_violation")
+
+
+def test_schedule_counts_steps_before_the_primal_update():
+    """Warm-up 2: no dual step in the first 2 steps, whatever the order."""
+    for update in ("alternating", "simultaneous", "alternating_primal_first"):
+        model = functional()
+        model.add_constraint(mean_prediction, "<=", 0.0, name="rate")
+        compile_default(model, update=update)
+        model.fit(
+            FEATURES,
+            LABELS,
+            batch_size=24,
+            epochs=1,
+            verbose=0,
+            callbacks=[tfc.MultiplierCallback(warmup_steps=2)],
+        )
+        assert model.multipliers["rate"].numpy() == 0.0, update
+
+
+def test_constraint_report_with_sample_weights_and_no_targets():
+    weights = np.where(np.arange(48) < 24, 3.0, 1.0).astype("float32")
+    model = functional()
+    model.add_constraint(mean_prediction, "<=", 1.0, name="rate")
+    compile_default(model)
+    report = model.constraint_report((FEATURES, None, weights), batch_size=8)
+    predictions = model.predict(FEATURES, verbose=0)[:, 0]
+    batch_means = predictions.reshape(6, 8).mean(axis=1)
+    batch_weights = weights.reshape(6, 8).sum(axis=1)
+    expected = (batch_means * batch_weights).sum() / batch_weights.sum()
+    np.testing.assert_allclose(report["rate"]["value"], expected, rtol=1e-6)

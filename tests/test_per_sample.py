@@ -191,3 +191,65 @@ def test_nupi_touches_only_the_batch_entries_and_their_state():
     started = state["each_nupi_started"]
     assert started[ids].tolist() == [1.0, 1.0, 1.0]
     assert started.sum() == 3.0
+
+
+def test_evaluate_per_sample_values_under_mirrored_strategy(mirrored):
+    """Each example's loss lands in its own entry, from both replicas."""
+    x, y = make_moons(16, noise=0.1, random_state=2)
+    x, y = x.astype("float32"), y[:, None].astype("float32")
+    data = {"features": x, "sample_id": np.arange(16)}
+    with mirrored.scope():
+        keras.utils.set_random_seed(5)
+        model = moons_model(16)
+        model.compile(optimizer="sgd", loss="binary_crossentropy")
+    logs = model.evaluate(data, y, batch_size=8, verbose=0, return_dict=True)
+    losses = keras.ops.convert_to_numpy(
+        keras.losses.binary_crossentropy(y, model.predict(data, verbose=0))
+    )
+    np.testing.assert_allclose(logs["each"], losses.max(), rtol=1e-5)
+    report = model.constraint_report((data, y))
+    np.testing.assert_allclose(report["each"]["value"], losses, rtol=1e-5)
+
+
+def test_augmented_lagrangian_weight_uses_each_example_violation():
+    """One primal SGD step with the PHR weight [λ_i + c·v_i]₊ per example.
+
+    With λ = 0 and a linear model f(x) = w·x (sigmoid-free, MSE per
+    example), the primal gradient of the constraint term is
+    (1/B) Σ_i [c·v_i]₊ ∇v_i: compare with the closed form.
+    """
+    features = np.array([[1.0], [2.0], [3.0], [4.0]], "float32")
+    targets = np.zeros((4, 1), "float32")
+    inputs = keras.Input((1,), name="features")
+    dense = keras.layers.Dense(1, use_bias=False, kernel_initializer="ones")
+    model = tfc.ConstrainedModel(inputs, dense(inputs))
+
+    def squared_error(batch):
+        return tf.reshape((batch.y_pred - batch.y) ** 2, [-1])
+
+    epsilon, penalty, lr = 4.0, 3.0, 0.01
+    model.add_constraint(
+        PerSampleConstraint(
+            squared_error, "<=", epsilon, num_samples=4, name="each"
+        )
+    )
+    model.compile(
+        optimizer=keras.optimizers.SGD(lr),
+        loss=lambda y_true, y_pred: 0.0 * tf.reduce_mean(y_pred),
+        formulation=tfc.AugmentedLagrangian(penalty=penalty),
+        update="simultaneous",
+    )
+    model.fit(
+        {"features": features, "sample_id": np.arange(4)},
+        targets,
+        batch_size=4,
+        epochs=1,
+        verbose=0,
+    )
+    x = features[:, 0]
+    violation = x**2 - epsilon  # w = 1: prediction x, error x²
+    weight = np.maximum(penalty * violation, 0.0)
+    gradient = np.mean(weight * 2.0 * x * x)  # d(x²w²)/dw at w = 1
+    np.testing.assert_allclose(
+        dense.kernel.numpy()[0, 0], 1.0 - lr * gradient, rtol=1e-5
+    )

@@ -218,7 +218,7 @@ class Constraint:
 
     def proxy_statistics_shapes(self) -> tuple:
         """Shapes of the tensors returned by `proxy_statistics`."""
-        if self.proxy is not None or self.has_distinct_true_value:
+        if self.has_distinct_true_value:
             return (self.shape, ())
         return self.statistics_shapes()
 
@@ -232,7 +232,7 @@ class Constraint:
 
     def proxy_result(self, statistics: Statistics) -> tf.Tensor:
         """The differentiable value for summed proxy statistics."""
-        if self.proxy is not None or self.has_distinct_true_value:
+        if self.has_distinct_true_value:
             return _weighted_mean(statistics)
         return self.result(statistics)
 

@@ -79,12 +79,6 @@ class ConstraintMetric(keras.metrics.Metric):
         )
         self.totals[1].value.scatter_add(tf.IndexedSlices(weights, indices))
 
-    def value(self) -> tf.Tensor:
-        """The accumulated constraint value (full shape)."""
-        return self._constraint.result(
-            tuple(tf.convert_to_tensor(t) for t in self.totals)
-        )
-
     def result(self) -> dict:
         name = self._constraint.name
         constraint = self._constraint

@@ -32,6 +32,8 @@ from tfconstrain.batch import Batch
 from tfconstrain.constraint import Constraint
 from tfconstrain.constraint import FunctionConstraint
 from tfconstrain.metrics import ConstraintMetric
+from tfconstrain.optimizers.base import read_entries
+from tfconstrain.optimizers.base import write_entries
 
 UPDATE_SCHEMES = ("alternating", "simultaneous", "alternating_primal_first")
 RESERVED_NAMES = ("loss", "lagrangian")
@@ -54,6 +56,8 @@ class _ConstraintStep(NamedTuple):
     # Indexed (per-example) constraints: the entries this step is about.
     indices: tf.Tensor | None = None  # ids of the global batch (dual step)
     local_indices: tf.Tensor | None = None  # ids of this replica (primal)
+    # Per-entry factor of the primal term (indexed: w_i / Σ_global w).
+    primal_scale: tf.Tensor | None = None
 
 
 class _Bookkeeping:
@@ -277,7 +281,9 @@ class ConstrainedModel(keras.Model):
                 with the new multipliers; one forward pass),
                 `"simultaneous"` (both steps from the same point), or
                 `"alternating_primal_first"` (primal step first, then the dual
-                step at the updated weights; one extra forward pass).
+                step at the updated weights; one extra forward pass, in
+                training mode, so layers such as BatchNormalization update
+                their moving statistics twice per step).
             on_nonfinite: What a training step does when a constraint value
                 is NaN or infinite: `"raise"` (default; an
                 `InvalidArgumentError` naming the constraint and the step)
@@ -320,6 +326,7 @@ class ConstrainedModel(keras.Model):
         state.dual_optimizer_argument = dual_optimizer
         state.update = update
         state.on_nonfinite = on_nonfinite
+        self._forget_traced_state()
         if on_nonfinite == "skip" and state.skip_counter is None:
             with self._state_creation():
                 state.skip_counter = keras.metrics.Sum(
@@ -390,6 +397,9 @@ class ConstrainedModel(keras.Model):
 
     def _constrained_train_step(self, data):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        # The step's index for the dual schedule, read before the primal
+        # step increments it (whatever the update order).
+        iteration = tf.convert_to_tensor(self.optimizer.iterations)
         x, features = self._split_side_information(x)
         update = self._tfc.update
         with tf.GradientTape() as tape:
@@ -414,7 +424,7 @@ class ConstrainedModel(keras.Model):
             )
             if update == "alternating":
                 with tape.stop_recording():
-                    self._scheduled_dual_step(steps)
+                    self._scheduled_dual_step(steps, iteration)
             with tape.stop_recording():
                 self._check_primal_dependence(steps)
             objective = loss + self._constraint_terms(steps)
@@ -425,14 +435,15 @@ class ConstrainedModel(keras.Model):
             gradients = tape.gradient(objective, trainable)
             self.optimizer.apply(gradients, trainable)
         if update == "simultaneous":
-            self._scheduled_dual_step(steps)
+            self._scheduled_dual_step(steps, iteration)
         elif update == "alternating_primal_first":
             y_after = self._forward(x, training=True)
             batch = Batch(x, y, y_after, sample_weight, features, True, self)
             self._scheduled_dual_step(
                 self._constraint_steps(
                     batch, primal=False, track=True, loss=loss
-                )
+                ),
+                iteration,
             )
         self._update_compiled_metrics(y, y_pred, sample_weight)
         return self._step_logs()
@@ -450,6 +461,10 @@ class ConstrainedModel(keras.Model):
         )
         batch = Batch(x, y, y_pred, sample_weight, features, False, self)
         for constraint in self._tfc.constraints:
+            if constraint.indexed:
+                # All-gathered sparse accumulation, as in training.
+                self._indexed_step(constraint, batch, primal=False, track=True)
+                continue
             statistics = self._statistics(constraint, batch, "true")
             self._tfc.metrics[constraint.name].update_state(statistics)
         self._update_compiled_metrics(y, y_pred, sample_weight)
@@ -473,7 +488,10 @@ class ConstrainedModel(keras.Model):
         """
         logs = {}
         for metric in self.metrics:
-            if isinstance(metric, ConstraintMetric):
+            if (
+                isinstance(metric, ConstraintMetric)
+                or metric is self._tfc.skip_counter
+            ):
                 continue
             result = metric.result()
             if isinstance(result, dict):
@@ -538,10 +556,20 @@ class ConstrainedModel(keras.Model):
                     constraint, batch, primal, track
                 )
         finite_batch = tf.math.is_finite(loss)
+        if distribute.num_replicas() > 1:
+            # Every replica must take the same decision, or the multiplier
+            # copies would diverge.
+            bad = distribute.all_reduce_sum(
+                tf.cast(tf.logical_not(finite_batch), tf.float32)
+            )
+            finite_batch = tf.equal(bad, 0.0)
+        finite = {}
         for constraint in constraints:
-            finite = tf.math.is_finite(steps[constraint].violation)
-            self._check_finite(constraint, finite)
-            finite_batch = tf.logical_and(finite_batch, tf.reduce_all(finite))
+            finite[constraint] = tf.math.is_finite(steps[constraint].violation)
+            self._check_finite(constraint, finite[constraint])
+            finite_batch = tf.logical_and(
+                finite_batch, tf.reduce_all(finite[constraint])
+            )
         if self._tfc.skip_counter is not None:
             self._tfc.skip_counter.update_state(
                 tf.cast(tf.logical_not(finite_batch), tf.float32)
@@ -549,10 +577,7 @@ class ConstrainedModel(keras.Model):
         return [
             steps[c]._replace(
                 mask=tf.logical_and(
-                    tf.logical_and(
-                        steps[c].mask, tf.math.is_finite(steps[c].violation)
-                    ),
-                    finite_batch,
+                    tf.logical_and(steps[c].mask, finite[c]), finite_batch
                 )
             )
             for c in constraints
@@ -632,10 +657,10 @@ class ConstrainedModel(keras.Model):
             self._tfc.metrics[constraint.name].update_indexed(
                 all_ids, all_weights * all_values, all_weights
             )
-        proxy_violation = None
+        proxy_violation = share = None
         if primal:
-            share = weights / tf.reduce_sum(all_weights)
-            proxy_violation = constraint.example_violation(proxy_values) * share
+            share = tf.math.divide_no_nan(weights, tf.reduce_sum(all_weights))
+            proxy_violation = constraint.example_violation(proxy_values)
         return _ConstraintStep(
             constraint,
             constraint.example_violation(all_values),
@@ -643,6 +668,7 @@ class ConstrainedModel(keras.Model):
             proxy_violation,
             indices=all_ids,
             local_indices=ids,
+            primal_scale=share,
         )
 
     def _check_finite(self, constraint: Constraint, finite) -> None:
@@ -665,9 +691,11 @@ class ConstrainedModel(keras.Model):
         A proxy without a gradient is an error (the primal step could not
         follow it); a constraint without one only gets a warning, since its
         multiplier still moves (e.g. a constraint on data statistics).
-        Symbolic gradients that are not used are pruned from the graph.
+        Symbolic gradients that are not used are pruned from the graph. It
+        runs in every trace (under a strategy, every replica traces the
+        same ops).
         """
-        if self.__dict__.get("_tfc_checked_primal") or not tf.inside_function():
+        if not tf.inside_function():
             return
         variables = [v.value for v in self.trainable_weights]
         for step in steps:
@@ -697,10 +725,14 @@ class ConstrainedModel(keras.Model):
                 UserWarning,
                 stacklevel=2,
             )
-        self.__dict__["_tfc_checked_primal"] = True
 
     def _constraint_terms(self, steps) -> tf.Tensor:
-        """`Σ stop_gradient(w) · v` over constraints (primal objective)."""
+        """`Σ stop_gradient(w) · v` over constraints (primal objective).
+
+        For per-example constraints each example's term is weighted by its
+        share of the global batch, `w_i / Σ w`, after `w` is formed from the
+        example's own violation.
+        """
         formulation = self._tfc.formulation
         total = tf.constant(0.0, tf.float32)
         for step in steps:
@@ -716,17 +748,18 @@ class ConstrainedModel(keras.Model):
                 None if penalty is None else tf.convert_to_tensor(penalty),
                 step.constraint.is_equality,
             )
+            if step.primal_scale is not None:
+                weight = weight * step.primal_scale
             total += tf.reduce_sum(tf.stop_gradient(weight) * violation)
         return total
 
-    def _scheduled_dual_step(self, steps) -> None:
+    def _scheduled_dual_step(self, steps, iteration) -> None:
         every, warmup = self._tfc.schedule
         if every == "epoch" or not steps:
             return
         if every == 1 and warmup == 0:
             self._dual_step(steps)
             return
-        iteration = tf.convert_to_tensor(self.optimizer.iterations)
         due = tf.logical_and(
             iteration >= warmup, (iteration - warmup) % every == 0
         )
@@ -763,9 +796,7 @@ class ConstrainedModel(keras.Model):
             if dual is not None:
                 multiplier = state.multipliers[name]
                 indices = step.indices
-                old = tf.convert_to_tensor(multiplier)
-                if indices is not None:
-                    old = tf.gather(old, indices)
+                old = read_entries(multiplier, indices)
                 proposed = _propose(
                     dual,
                     name,
@@ -780,15 +811,15 @@ class ConstrainedModel(keras.Model):
                     constraint,
                     formulation.max_multiplier,
                 )
-                if indices is None:
-                    multiplier.assign(new)
-                else:
-                    multiplier.value.scatter_update(
-                        tf.IndexedSlices(new, indices)
-                    )
+                write_entries(multiplier, new, indices)
             if penalty is not None:
                 worst = tf.reduce_max(constraint.positive_violation(violation))
-                penalty.assign(formulation.next_penalty(penalty_value, worst))
+                grown = formulation.next_penalty(penalty_value, worst)
+                # A step without any data (e.g. a skipped non-finite batch)
+                # leaves the penalty as it is.
+                penalty.assign(
+                    tf.where(tf.reduce_any(step.mask), grown, penalty_value)
+                )
         if dual is not None:
             dual.finish_step()
 
@@ -882,6 +913,12 @@ class ConstrainedModel(keras.Model):
                 f"Constraint '{name}': a constraint with this name already "
                 "exists in the model. Pass a unique `name=`."
             )
+        taken = {key for other in state.multipliers for key in _log_keys(other)}
+        if set(_log_keys(name)) & taken:
+            raise ValueError(
+                f"Constraint '{name}': its log keys {_log_keys(name)} clash "
+                "with those of an existing constraint; pass another `name=`."
+            )
         if name in RESERVED_NAMES:
             raise ValueError(
                 f"Constraint '{name}': this name is reserved for Keras logs; "
@@ -909,14 +946,18 @@ class ConstrainedModel(keras.Model):
             self._tfc_metrics = list(state.metrics.values())
         if self.compiled:
             self._build_dual_state()
-        self.__dict__.pop("_tfc_epoch_dual_step", None)
-        self.__dict__.pop("_tfc_checked_primal", None)
+        self._forget_traced_state()
         if started:
             # Rebuilt safely: the compiled step functions are traced again.
             self.train_function = None
             self.test_function = None
             self.predict_function = None
         return constraint
+
+    def _forget_traced_state(self) -> None:
+        """Drops functions traced for the previous constraints/compile."""
+        self.__dict__.pop("_tfc_epoch_dual_step", None)
+        self.__dict__.pop("_tfc_report_step", None)
 
     def _collect_layer_constraints(self) -> None:
         """Registers constraints that layers declared (see `tfc.layers`).
@@ -998,6 +1039,37 @@ class ConstrainedModel(keras.Model):
         previous = {
             v.path: keras.ops.convert_to_numpy(v) for v in state.dual_variables
         }
+        old_keras = self.__dict__.get("_dual_keras_optimizer")
+        previous_slots = {}
+        if old_keras is not None and old_keras.built:
+            previous_slots = {
+                v.name: keras.ops.convert_to_numpy(v)
+                for v in old_keras.variables
+            }
+        dual = state.dual_optimizer
+        if isinstance(dual, optimizers_module.KerasDualOptimizer):
+            if dual.optimizer.built:
+                # A built Keras optimizer cannot take new variables: clone.
+                import warnings
+
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    dual = optimizers_module.KerasDualOptimizer(dual.optimizer)
+                state.dual_optimizer = dual
+            if any(c.indexed for c in state.constraints) and (
+                optimizers_module.keras_adapter.has_momentum(
+                    dual.optimizer.get_config()
+                )
+            ):
+                raise ValueError(
+                    "Per-example constraints "
+                    f"{[c.name for c in state.constraints if c.indexed]} "
+                    "update only the entries of each batch, but the dual "
+                    f"optimizer {type(dual.optimizer).__name__} has momentum "
+                    "and would move every entry. Use gradient ascent (a "
+                    "float), `tfc.optimizers.NuPI`, or a Keras optimizer "
+                    "without momentum."
+                )
         with self._state_creation():
             for variable in state.dual_variables:
                 self._untrack_variable(variable)
@@ -1036,6 +1108,14 @@ class ConstrainedModel(keras.Model):
                 previous[variable.path].shape
             ):
                 variable.assign(previous[variable.path])
+        new_keras = self.__dict__.get("_dual_keras_optimizer")
+        if new_keras is not None and previous_slots:
+            for variable in new_keras.variables:
+                value = previous_slots.get(variable.name)
+                if value is not None and tuple(value.shape) == tuple(
+                    variable.shape
+                ):
+                    variable.assign(value)
         for name, metric in state.metrics.items():
             penalty = state.penalties.get(name)
             metric.set_penalty(
@@ -1231,6 +1311,11 @@ def _propose(dual, name, multiplier, violation, mask, penalty, indices):
         name, multiplier, dense_violation, dense_mask, penalty
     )
     return tf.gather(proposed, indices)
+
+
+def _log_keys(name: str) -> tuple:
+    """The epoch-log keys a constraint named `name` writes."""
+    return (name, f"{name}_violation", f"{name}_multiplier", f"{name}_penalty")
 
 
 def _batches_done_in_backup(callbacks) -> int:

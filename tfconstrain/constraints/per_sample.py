@@ -34,7 +34,13 @@ class PerSampleConstraint(Constraint):
     all-reduce), every replica gathers the multipliers of those ids, and
     writes back only those entries. Epoch logs report the example with the
     largest violation over the epoch (the mean of its values if it was seen
-    more than once).
+    more than once). An id should appear at most once per global batch:
+    if it appears twice, one of its two dual updates is kept.
+
+    Dual optimizers: gradient ascent, the classical augmented-Lagrangian
+    step and `NuPI` read and write only the batch's entries; a Keras
+    optimizer sees a violation that is zero elsewhere, which is exact
+    without momentum and rejected with it.
 
     Example:
 

@@ -57,7 +57,7 @@ class KerasDualOptimizer(DualOptimizer):
                     f"{type(optimizer).__name__} is not supported for the "
                     "dual step. Remove it."
                 )
-        if _has_momentum(config):
+        if has_momentum(config):
             warnings.warn(
                 f"The dual optimizer {type(optimizer).__name__} has "
                 "momentum. Momentum on multipliers tends to overshoot and "
@@ -96,7 +96,7 @@ class KerasDualOptimizer(DualOptimizer):
         return cls(keras.optimizers.deserialize(config["optimizer"]))
 
 
-def _has_momentum(config: dict) -> bool:
+def has_momentum(config: dict) -> bool:
     """Whether the optimizer keeps a momentum (first-moment) average.
 
     `momentum` (SGD, RMSprop, Muon), `beta_1` (Adam and its variants, Lion,
