@@ -253,3 +253,19 @@ def test_augmented_lagrangian_weight_uses_each_example_violation():
     np.testing.assert_allclose(
         dense.kernel.numpy()[0, 0], 1.0 - lr * gradient, rtol=1e-5
     )
+
+
+@keras.saving.register_keras_serializable(package="tfconstrain_tests")
+def registered_example_loss(batch):
+    return keras.losses.binary_crossentropy(batch.y, batch.y_pred)
+
+
+def test_config_round_trip():
+    constraint = PerSampleConstraint(
+        registered_example_loss, ">=", 0.2, num_samples=7, id_key="i"
+    )
+    restored = PerSampleConstraint.from_config(constraint.get_config())
+    assert restored.fn is registered_example_loss
+    assert restored.kind == ">=" and restored.num_samples == 7
+    assert restored.id_key == "i" and restored.bound.shape == (7,)
+    np.testing.assert_allclose(restored.bound, 0.2)

@@ -11,11 +11,11 @@ import numpy as np
 import tensorflow as tf
 
 from tfconstrain.batch import Batch
-from tfconstrain.constraint import Constraint
+from tfconstrain.constraint import FunctionConstraint
 
 
 @keras.saving.register_keras_serializable(package="tfconstrain")
-class PerSampleConstraint(Constraint):
+class PerSampleConstraint(FunctionConstraint):
     """`c_i(θ) <kind> bound` for every training example `i`.
 
     `fn(batch)` returns one value per example of the batch (shape `(B,)`),
@@ -92,24 +92,17 @@ class PerSampleConstraint(Constraint):
                 f"Constraint '{label}': `num_samples` must be a positive "
                 f"int, got {num_samples!r}."
             )
-        self.fn = fn
         self.num_samples = int(num_samples)
         self.id_key = id_key
         self.scalar_bound = float(bound)
         super().__init__(
+            fn,
             kind,
             np.full((self.num_samples,), bound, np.float32),
             name=label,
             proxy=proxy,
             tolerance=tolerance,
         )
-
-    def call(self, batch: Batch) -> tf.Tensor:
-        return self.fn(batch)
-
-    @property
-    def has_distinct_true_value(self) -> bool:
-        return self.proxy is not None
 
     def statistics_shapes(self) -> tuple:
         return ((self.num_samples,), (self.num_samples,))
@@ -181,15 +174,8 @@ class PerSampleConstraint(Constraint):
     def get_config(self) -> dict:
         config = super().get_config()
         config.update(
-            fn=keras.saving.serialize_keras_object(self.fn),
             bound=self.scalar_bound,
             num_samples=self.num_samples,
             id_key=self.id_key,
         )
         return config
-
-    @classmethod
-    def from_config(cls, config: dict) -> PerSampleConstraint:
-        config = dict(config)
-        config["fn"] = keras.saving.deserialize_keras_object(config["fn"])
-        return super().from_config(config)
