@@ -564,11 +564,15 @@ class ConstrainedModel(keras.Model):
             )
             finite_batch = tf.equal(bad, 0.0)
         finite = {}
+        all_finite = []
         for constraint in constraints:
             finite[constraint] = tf.math.is_finite(steps[constraint].violation)
-            self._check_finite(constraint, finite[constraint])
+            all_finite.append(tf.reduce_all(finite[constraint]))
+        if all_finite:
+            all_finite = tf.stack(all_finite)
+            self._check_finite(constraints, all_finite)
             finite_batch = tf.logical_and(
-                finite_batch, tf.reduce_all(finite[constraint])
+                finite_batch, tf.reduce_all(all_finite)
             )
         if self._tfc.skip_counter is not None:
             self._tfc.skip_counter.update_state(
@@ -671,14 +675,21 @@ class ConstrainedModel(keras.Model):
             primal_scale=share,
         )
 
-    def _check_finite(self, constraint: Constraint, finite) -> None:
+    def _check_finite(self, constraints, finite) -> None:
+        """One assertion for all constraints (`on_nonfinite="raise"`).
+
+        A single `Assert` per step (an assertion costs a conditional in the
+        graph); its message lists the constraints whose value is not finite.
+        """
         if self._tfc.on_nonfinite != "raise":
             return
+        names = tf.constant([c.name for c in constraints])
         tf.debugging.Assert(
             tf.reduce_all(finite),
             [
-                f"Constraint {constraint.name}: non-finite value (NaN or "
-                "Inf) at training step (optimizer iteration)",
+                "Non-finite (NaN or Inf) value of constraint(s)",
+                tf.boolean_mask(names, tf.logical_not(finite)),
+                "at training step (optimizer iteration)",
                 self.optimizer.iterations,
                 "; no multiplier was updated. Pass on_nonfinite=skip to "
                 "compile() to skip such dual steps instead.",
