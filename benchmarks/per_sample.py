@@ -55,7 +55,7 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=100_000)
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--steps", type=int, default=300)
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=11)
     args = parser.parse_args()
     features, labels = synthetic(args.samples, 32)
     ids = np.arange(args.samples, dtype="int32")
@@ -100,8 +100,8 @@ def main() -> None:
             routed.steps = steps
         return None
 
-    medians = compare(candidates, dataset_fn, args.steps, args.rounds)
-    print_ratios(medians, "plain keras.Model", goal=1.2)
+    samples = compare(candidates, dataset_fn, args.steps, args.rounds)
+    print_ratios(samples, "plain keras.Model", goal=1.2)
 
 
 if __name__ == "__main__":

@@ -607,18 +607,21 @@ class ConstrainedModel(keras.Model):
                     tuple(tf.stop_gradient(s) for s in true)
                 )
         replicated = distribute.num_replicas() > 1
+        if not replicated:
+            return [
+                self._local_step(constraint, true, proxy)
+                for constraint, true, proxy in local
+            ]
         flat = []
         for _, true, proxy in local:
             flat.extend(tf.stop_gradient(s) for s in true)
             if proxy is not None and proxy is not true:
                 flat.extend(tf.stop_gradient(s) for s in proxy)
-        reduced = iter(distribute.all_reduce_sum(flat) if replicated else flat)
+        reduced = iter(distribute.all_reduce_sum(flat))
         steps = []
         for constraint, true, proxy in local:
             true_global = tuple(next(reduced) for _ in true)
             violation = constraint.violation(constraint.result(true_global))
-            valid = constraint.valid(true_global)
-            mask = tf.ones_like(violation, tf.bool) if valid is None else valid
             proxy_violation = None
             if proxy is not None:
                 if proxy is true:
@@ -626,17 +629,43 @@ class ConstrainedModel(keras.Model):
                 else:
                     result_fn = constraint.proxy_result
                     proxy_global = tuple(next(reduced) for _ in proxy)
-                if replicated:
-                    value = distribute.global_value_with_local_gradient(
+                proxy_violation = constraint.violation(
+                    distribute.global_value_with_local_gradient(
                         result_fn, proxy, proxy_global
                     )
-                else:
-                    value = result_fn(proxy)
-                proxy_violation = constraint.violation(value)
+                )
             steps.append(
-                _ConstraintStep(constraint, violation, mask, proxy_violation)
+                _ConstraintStep(
+                    constraint,
+                    violation,
+                    _valid_mask(constraint, true_global, violation),
+                    proxy_violation,
+                )
             )
         return steps
+
+    def _local_step(self, constraint, true, proxy) -> _ConstraintStep:
+        """One replica: the batch's statistics are the global ones.
+
+        Without a separate true value, the dual violation is the primal
+        one with its gradient stopped (one evaluation instead of two).
+        """
+        proxy_violation = None
+        if proxy is not None:
+            result_fn = (
+                constraint.result if proxy is true else constraint.proxy_result
+            )
+            proxy_violation = constraint.violation(result_fn(proxy))
+        if proxy is true:
+            violation = tf.stop_gradient(proxy_violation)
+        else:
+            violation = constraint.violation(constraint.result(true))
+        return _ConstraintStep(
+            constraint,
+            violation,
+            _valid_mask(constraint, true, violation),
+            proxy_violation,
+        )
 
     def _indexed_step(self, constraint, batch, primal: bool, track: bool):
         """Step of a per-example (indexed) constraint, O(batch) not O(N).
@@ -679,16 +708,18 @@ class ConstrainedModel(keras.Model):
         """One assertion for all constraints (`on_nonfinite="raise"`).
 
         A single `Assert` per step (an assertion costs a conditional in the
-        graph); its message lists the constraints whose value is not finite.
+        graph); its message lists the constraints with a finite/non-finite
+        flag each, and the step.
         """
         if self._tfc.on_nonfinite != "raise":
             return
-        names = tf.constant([c.name for c in constraints])
+        names = ", ".join(c.name for c in constraints)
         tf.debugging.Assert(
             tf.reduce_all(finite),
             [
-                "Non-finite (NaN or Inf) value of constraint(s)",
-                tf.boolean_mask(names, tf.logical_not(finite)),
+                f"Non-finite (NaN or Inf) constraint value. Constraints "
+                f"[{names}] finite:",
+                finite,
                 "at training step (optimizer iteration)",
                 self.optimizer.iterations,
                 "; no multiplier was updated. Pass on_nonfinite=skip to "
@@ -1322,6 +1353,12 @@ def _propose(dual, name, multiplier, violation, mask, penalty, indices):
         name, multiplier, dense_violation, dense_mask, penalty
     )
     return tf.gather(proposed, indices)
+
+
+def _valid_mask(constraint: Constraint, statistics, violation):
+    """Entries with data (all of them when the constraint cannot tell)."""
+    valid = constraint.valid(statistics)
+    return tf.ones_like(violation, tf.bool) if valid is None else valid
 
 
 def _log_keys(name: str) -> tuple:
