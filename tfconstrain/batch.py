@@ -35,6 +35,7 @@ class Batch:
         "features",
         "training",
         "model",
+        "_weight",
     )
 
     def __init__(
@@ -54,6 +55,7 @@ class Batch:
         self.features = dict(features or {})
         self.training = training
         self.model = model
+        self._weight = None
 
     def weight(self) -> tf.Tensor:
         """Returns the batch's weight: the sum of sample weights, else its size.
@@ -61,9 +63,14 @@ class Batch:
         It is the weight with which this batch's value of a plain constraint
         enters a dataset-level (or global-batch) mean.
         """
-        if self.sample_weight is not None:
-            return tf.reduce_sum(tf.cast(self.sample_weight, tf.float32))
-        return tf.cast(self.size(), tf.float32)
+        if self._weight is None:  # computed once per batch (graph op)
+            if self.sample_weight is not None:
+                self._weight = tf.reduce_sum(
+                    tf.cast(self.sample_weight, tf.float32)
+                )
+            else:
+                self._weight = tf.cast(self.size(), tf.float32)
+        return self._weight
 
     def size(self) -> tf.Tensor:
         """Returns the number of examples in the batch (a scalar int tensor)."""

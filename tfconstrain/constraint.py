@@ -242,7 +242,10 @@ class Constraint:
         Entries without data (for example a group absent from the batch) get
         no dual step.
         """
-        return tf.broadcast_to(statistics[-1] > 0, self.shape)
+        has_data = statistics[-1] > 0
+        if has_data.shape == self.shape:
+            return has_data
+        return tf.broadcast_to(has_data, self.shape)
 
     def _mean_statistics(
         self, value: Any, batch: Batch, what: str = "value"

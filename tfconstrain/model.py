@@ -832,9 +832,12 @@ class ConstrainedModel(keras.Model):
             penalty_value = (
                 None if penalty is None else tf.convert_to_tensor(penalty)
             )
-            violation = tf.where(
-                step.mask, step.violation, tf.zeros_like(step.violation)
-            )
+            violation = step.violation
+            if getattr(dual, "stateful", True) or penalty is not None:
+                # Masked entries must not reach optimizer state/penalties.
+                violation = tf.where(
+                    step.mask, violation, tf.zeros_like(violation)
+                )
             if dual is not None:
                 multiplier = state.multipliers[name]
                 indices = step.indices

@@ -48,6 +48,9 @@ class DualOptimizer:
     """
 
     supports_indices = False
+    # Whether `propose` updates state from the violation (then masked-out
+    # entries must be zeroed first); stateless ones skip that op.
+    stateful = True
 
     def build(
         self, multipliers: dict[str, Any], create_state: StateFactory
@@ -105,6 +108,7 @@ class GradientAscent(DualOptimizer):
         )
 
     supports_indices = True
+    stateful = False
 
     def propose(
         self, name, multiplier, violation, mask, penalty=None, indices=None
@@ -126,6 +130,7 @@ class PenaltyStepAscent(DualOptimizer):
     """
 
     supports_indices = True
+    stateful = False
 
     def propose(
         self, name, multiplier, violation, mask, penalty=None, indices=None
