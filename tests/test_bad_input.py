@@ -208,3 +208,17 @@ def test_value_length_changing_between_batches_raises():
     m.compile(optimizer="sgd", loss="mse")
     with pytest.raises(tf.errors.InvalidArgumentError, match="ragged"):
         m.fit(FEATURES, LABELS, batch_size=12, epochs=1, verbose=0)
+
+
+def test_string_value():
+    import tensorflow as tf
+
+    m = model()
+    m.add_constraint(
+        lambda b: tf.strings.as_string(keras.ops.mean(b.y_pred)),
+        "<=",
+        1.0,
+        name="text",
+    )
+    with pytest.raises(TypeError, match="'text'.*string"):
+        compile_and_fit(m)
