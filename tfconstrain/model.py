@@ -781,9 +781,9 @@ class ConstrainedModel(keras.Model):
             name = step.constraint.name
             violation = step.proxy_violation
             penalty = self._tfc.penalties.get(name)
-            multiplier = tf.convert_to_tensor(self._tfc.multipliers[name])
-            if step.local_indices is not None:
-                multiplier = tf.gather(multiplier, step.local_indices)
+            multiplier = read_entries(
+                self._tfc.multipliers[name], step.local_indices
+            )
             weight = formulation.primal_weight(
                 tf.stop_gradient(violation),
                 multiplier,

@@ -144,11 +144,18 @@ class PenaltyStepAscent(DualOptimizer):
 
 
 def read_entries(variable, indices) -> tf.Tensor:
-    """A variable's value, or its entries at `indices`."""
-    value = tf.convert_to_tensor(variable)
+    """A variable's value, or its entries at `indices`.
+
+    Entries are read with a sparse gather on the variable itself: a dense
+    read followed by a scatter update would make TensorFlow copy the whole
+    variable (copy-on-write), an O(N) cost per step for per-example
+    multipliers.
+    """
     if indices is None:
-        return value
-    return tf.gather(value, indices)
+        return tf.convert_to_tensor(variable)
+    if isinstance(variable, keras.Variable):
+        variable = variable.value
+    return tf.gather(variable, indices)
 
 
 def write_entries(variable, value, indices) -> None:
