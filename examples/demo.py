@@ -31,39 +31,27 @@ import tfconstrain as tfc  # noqa: E402
 TARGET_RECALL = 0.90
 
 
-class Recall(tfc.Constraint):
+class Recall(tfc.constraints.CountConstraint):
     """Recall of the positive class, exact over any number of batches.
 
-    Statistics: (true positives, positives), summed over batches; the value
-    is their ratio. The primal step uses the proxy Σ y·p / Σ y.
+    Counts: (true positives, positives), summed over batches before the
+    ratio is taken. The dual step counts hard decisions (p > 0.5); the primal
+    step the same ratio with the predicted probability as a smooth decision.
+    (`tfc.constraints.Recall` is the built-in version of this constraint.)
     """
 
     def statistics_shapes(self):
         return ((), ())
 
-    def statistics(self, batch):
+    def counts(self, batch, hard):
         y = tf.reshape(tf.cast(batch.y, tf.float32), [-1])
-        hit = tf.cast(tf.reshape(batch.y_pred, [-1]) > 0.5, tf.float32)
-        return (tf.reduce_sum(y * hit), tf.reduce_sum(y))
+        p = tf.reshape(tf.cast(batch.y_pred, tf.float32), [-1])
+        decision = tf.cast(p > 0.5, tf.float32) if hard else p
+        return (tf.reduce_sum(y * decision), tf.reduce_sum(y))
 
     def result(self, statistics):
         hits, positives = statistics
         return tf.math.divide_no_nan(hits, positives)
-
-    def proxy_statistics_shapes(self):
-        return ((), ())
-
-    def proxy_statistics(self, batch):
-        y = tf.reshape(tf.cast(batch.y, tf.float32), [-1])
-        p = tf.reshape(tf.cast(batch.y_pred, tf.float32), [-1])
-        return (tf.reduce_sum(y * p), tf.reduce_sum(y))
-
-    def proxy_result(self, statistics):
-        return self.result(statistics)
-
-    @property
-    def has_distinct_true_value(self):
-        return True
 
 
 def load_data():

@@ -1,6 +1,7 @@
 """Built-in constraints (rates, fairness, per-sample, robustness, causal)."""
 
 from tfconstrain.constraints.causal import CounterfactualInvariance
+from tfconstrain.constraints.counts import CountConstraint
 from tfconstrain.constraints.fairness import DemographicParity
 from tfconstrain.constraints.fairness import EqualizedOdds
 from tfconstrain.constraints.fairness import EqualOpportunity
@@ -19,6 +20,7 @@ from tfconstrain.constraints.robustness import Monotonicity
 from tfconstrain.constraints.robustness import SpectralNorm
 
 __all__ = [
+    "CountConstraint",
     "CounterfactualInvariance",
     "DemographicParity",
     "EqualOpportunity",

@@ -45,6 +45,7 @@ from tfconstrain.batch import Batch
 from tfconstrain.constraint import Constraint
 from tfconstrain.constraint import Statistics
 from tfconstrain.constraint import normalize_kind
+from tfconstrain.constraints.counts import CountConstraint
 from tfconstrain.constraints.rates import PredictionSettings
 from tfconstrain.constraints.rates import _broadcast_bound
 from tfconstrain.constraints.rates import canonical_rate
@@ -87,7 +88,7 @@ def gap_pairs(num_rates: int, num_groups: int, form: str) -> tuple:
 
 
 @keras.saving.register_keras_serializable(package="tfconstrain")
-class RateGap(Constraint):
+class RateGap(CountConstraint):
     """Bounds the gaps between per-group rates: `r_g - r_h <= δ`.
 
     The base class of `DemographicParity`, `EqualOpportunity` and
@@ -216,14 +217,11 @@ class RateGap(Constraint):
         return labels
 
     # ---------------------------------------------------------- statistics
-    @property
-    def has_distinct_true_value(self) -> bool:
-        return True
 
     def _counts_shape(self) -> tuple:
         return (len(self.rates), self.num_groups + 1)
 
-    def _counts(self, batch: Batch, hard: bool) -> Statistics:
+    def counts(self, batch: Batch, hard: bool) -> Statistics:
         numerators, denominators, weights = rate_terms(
             batch, self.rates, self.settings, hard, self.name
         )
@@ -251,39 +249,11 @@ class RateGap(Constraint):
     def statistics_shapes(self) -> tuple:
         return (self._counts_shape(), self._counts_shape())
 
-    def statistics(self, batch: Batch) -> Statistics:
-        """Hard counts per rate and group (last column: overall)."""
-        return self._counts(batch, hard=True)
-
     def result(self, statistics: Statistics) -> tf.Tensor:
         return self._gaps(statistics)
 
     def valid(self, statistics: Statistics) -> tf.Tensor:
         return self._valid(statistics[1])
-
-    def proxy_statistics_shapes(self) -> tuple:
-        if self.proxy is not None:
-            return super().proxy_statistics_shapes()
-        return self.statistics_shapes()
-
-    def proxy_statistics(self, batch: Batch) -> Statistics:
-        """Surrogate counts: the same sums with smooth predictions."""
-        if self.proxy is not None:
-            return super().proxy_statistics(batch)
-        return self._counts(batch, hard=False)
-
-    def proxy_result(self, statistics: Statistics) -> tf.Tensor:
-        if self.proxy is not None:
-            return super().proxy_result(statistics)
-        return self._gaps(statistics)
-
-    def call(self, batch: Batch) -> tf.Tensor:
-        """The surrogate gaps of one batch (differentiable)."""
-        return self.proxy_result(self.proxy_statistics(batch))
-
-    def true_value(self, batch: Batch) -> tf.Tensor:
-        """The exact gaps of one batch."""
-        return self.result(self.statistics(batch))
 
     def group_rates(self, statistics: Statistics) -> tf.Tensor:
         """The rates `(R, G + 1)` (last column: overall) for statistics."""

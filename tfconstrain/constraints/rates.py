@@ -42,8 +42,8 @@ import numpy as np
 import tensorflow as tf
 
 from tfconstrain.batch import Batch
-from tfconstrain.constraint import Constraint
 from tfconstrain.constraint import Statistics
+from tfconstrain.constraints.counts import CountConstraint
 
 SURROGATES = ("sigmoid", "hinge")
 
@@ -317,7 +317,7 @@ def safe_divide(numerator: tf.Tensor, denominator: tf.Tensor) -> tf.Tensor:
 
 
 @keras.saving.register_keras_serializable(package="tfconstrain")
-class Rate(Constraint):
+class Rate(CountConstraint):
     """A rate of a binary classifier, overall or per group: `rate <kind> b`.
 
     The value is the exact ratio of sample-weighted counts (hard 0/1
@@ -406,11 +406,8 @@ class Rate(Constraint):
             )
 
     # ---------------------------------------------------------- statistics
-    @property
-    def has_distinct_true_value(self) -> bool:
-        return True
 
-    def _counts(self, batch: Batch, hard: bool) -> Statistics:
+    def counts(self, batch: Batch, hard: bool) -> Statistics:
         numerators, denominators, weights = rate_terms(
             batch, (self.rate,), self.settings, hard, self.name
         )
@@ -429,40 +426,12 @@ class Rate(Constraint):
     def statistics_shapes(self) -> tuple:
         return (self.shape, self.shape)
 
-    def statistics(self, batch: Batch) -> Statistics:
-        """Hard counts `(Σ numerator, Σ denominator)` (per group)."""
-        return self._counts(batch, hard=True)
-
     def result(self, statistics: Statistics) -> tf.Tensor:
         numerator, denominator = statistics
         return safe_divide(numerator, denominator)
 
     def valid(self, statistics: Statistics) -> tf.Tensor:
         return statistics[1] > 0
-
-    def proxy_statistics_shapes(self) -> tuple:
-        if self.proxy is not None:
-            return super().proxy_statistics_shapes()
-        return (self.shape, self.shape)
-
-    def proxy_statistics(self, batch: Batch) -> Statistics:
-        """Surrogate counts: the same sums with smooth predictions."""
-        if self.proxy is not None:
-            return super().proxy_statistics(batch)
-        return self._counts(batch, hard=False)
-
-    def proxy_result(self, statistics: Statistics) -> tf.Tensor:
-        if self.proxy is not None:
-            return super().proxy_result(statistics)
-        return self.result(statistics)
-
-    def call(self, batch: Batch) -> tf.Tensor:
-        """The surrogate rate of one batch (differentiable)."""
-        return self.proxy_result(self.proxy_statistics(batch))
-
-    def true_value(self, batch: Batch) -> tf.Tensor:
-        """The exact rate of one batch."""
-        return self.result(self.statistics(batch))
 
     # -------------------------------------------------------------- config
     def get_config(self) -> dict:
