@@ -58,3 +58,26 @@ def run_steps(model, steps, batch=1):
 def mean_prediction(batch):
     """A registered constraint function (restorable by `load_model`)."""
     return keras.ops.mean(batch.y_pred)
+
+
+def random_scores(seed, n, groups):
+    """Random probabilities, 0/1 labels, group ids and sample weights."""
+    rng = np.random.default_rng(seed)
+    probabilities = rng.uniform(size=(n, 1)).astype("float32")
+    labels = rng.integers(0, 2, size=(n, 1)).astype("float32")
+    group = rng.integers(0, groups, size=n).astype("int32")
+    weights = rng.uniform(0.2, 3.0, size=n).astype("float32")
+    return probabilities, labels, group, weights
+
+
+def identity_model(constraints, strategy=None):
+    """A model whose prediction is its input "score": predictions are data."""
+    scope = strategy.scope() if strategy else tf.init_scope()
+    with scope:
+        inputs = keras.Input((1,), name="score")
+        outputs = keras.layers.Activation("linear")(inputs)
+        model = tfc.ConstrainedModel(inputs, outputs)
+        for constraint in constraints:
+            model.add_constraint(constraint)
+        model.compile(loss="mse")
+    return model

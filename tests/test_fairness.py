@@ -6,6 +6,8 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from problems import identity_model as _identity_model
+from problems import random_scores
 
 import tfconstrain as tfc
 from tfconstrain.batch import Batch
@@ -16,24 +18,7 @@ GROUPS = 3
 
 
 def _data(seed=0, n=N, groups=GROUPS):
-    rng = np.random.default_rng(seed)
-    probabilities = rng.uniform(size=(n, 1)).astype("float32")
-    labels = rng.integers(0, 2, size=(n, 1)).astype("float32")
-    group = rng.integers(0, groups, size=n).astype("int32")
-    weights = rng.uniform(0.2, 3.0, size=n).astype("float32")
-    return probabilities, labels, group, weights
-
-
-def _identity_model(constraints, strategy=None):
-    scope = strategy.scope() if strategy else tf.init_scope()
-    with scope:
-        inputs = keras.Input((1,), name="score")
-        outputs = keras.layers.Activation("linear")(inputs)
-        model = tfc.ConstrainedModel(inputs, outputs)
-        for constraint in constraints:
-            model.add_constraint(constraint)
-        model.compile(loss="mse")
-    return model
+    return random_scores(seed, n, groups)
 
 
 def _group_rates(rate, predicted, labels, group, weights, groups=GROUPS):

@@ -94,24 +94,37 @@ def test_save_weights_and_checkpoint_include_multipliers(tmp_path):
         np.testing.assert_array_equal(a, keras.ops.convert_to_numpy(b))
 
 
-def test_backup_and_restore_resumes_between_epochs(tmp_path):
-    """Pre-empted at the start of epoch 3, then resumed: same final state.
+class _PreemptAtEpoch(keras.callbacks.Callback):
+    def on_epoch_begin(self, epoch, logs=None):
+        if epoch == 2:
+            raise RuntimeError("pre-empted")
 
-    (Keras' `BackupAndRestore` restarts an interrupted epoch from its first
-    batch, so only epoch-boundary resumes are exact; see
-    docs/reliability.md.)
+
+class _PreemptAtStep(keras.callbacks.Callback):
+    def on_train_batch_end(self, batch, logs=None):
+        if self.model.optimizer.iterations.numpy() == 7:
+            raise RuntimeError("pre-empted")
+
+
+@pytest.mark.parametrize(
+    "kind, preempt, save_freq",
+    [
+        ("nupi", _PreemptAtEpoch, "epoch"),  # at the start of epoch 3
+        ("augmented", _PreemptAtStep, 1),  # after batch 3 of epoch 2
+    ],
+)
+def test_backup_and_restore_resumes_exactly(kind, preempt, save_freq, tmp_path):
+    """Pre-empted, then resumed with the same callback: same final state.
+
+    Keras' `BackupAndRestore` restarts an interrupted epoch from its first
+    batch; mid-epoch, the resumed `fit` skips the batches already in the
+    backup (save_freq=1), so the run continues exactly.
     """
-    reference = build("nupi")
+    reference = build(kind)
     train(reference, 3)
-
-    class Preempt(keras.callbacks.Callback):
-        def on_epoch_begin(self, epoch, logs=None):
-            if epoch == 2:
-                raise RuntimeError("pre-empted")
-
     backup = str(tmp_path / "backup")
-    model = build("nupi")
-    with pytest.raises(RuntimeError, match="pre-empted"):
+
+    def fit(model, callbacks):
         model.fit(
             FEATURES,
             LABELS,
@@ -120,63 +133,15 @@ def test_backup_and_restore_resumes_between_epochs(tmp_path):
             shuffle=False,
             verbose=0,
             callbacks=[
-                keras.callbacks.BackupAndRestore(backup),
-                Preempt(),
+                keras.callbacks.BackupAndRestore(backup, save_freq=save_freq),
+                *callbacks,
             ],
         )
-    resumed = build("nupi")
-    resumed.fit(
-        FEATURES,
-        LABELS,
-        batch_size=8,
-        epochs=3,
-        shuffle=False,
-        verbose=0,
-        callbacks=[keras.callbacks.BackupAndRestore(backup)],
-    )
-    for a, b in zip(state(reference), state(resumed)):
-        np.testing.assert_allclose(a, b, atol=1e-6)
 
-
-def test_backup_and_restore_resumes_mid_epoch(tmp_path):
-    """Pre-empted after batch 2 of epoch 2 (step 7), resumed: same result.
-
-    Keras restarts the interrupted epoch from its first batch; the resumed
-    `fit` skips the 3 batches already in the backup (save_freq=1).
-    """
-    reference = build("augmented")
-    train(reference, 3)
-
-    class Preempt(keras.callbacks.Callback):
-        def on_train_batch_end(self, batch, logs=None):
-            if self.model.optimizer.iterations.numpy() == 7:
-                raise RuntimeError("pre-empted")
-
-    backup = str(tmp_path / "backup")
-    model = build("augmented")
     with pytest.raises(RuntimeError, match="pre-empted"):
-        model.fit(
-            FEATURES,
-            LABELS,
-            batch_size=8,
-            epochs=3,
-            shuffle=False,
-            verbose=0,
-            callbacks=[
-                keras.callbacks.BackupAndRestore(backup, save_freq=1),
-                Preempt(),
-            ],
-        )
-    resumed = build("augmented")
-    resumed.fit(
-        FEATURES,
-        LABELS,
-        batch_size=8,
-        epochs=3,
-        shuffle=False,
-        verbose=0,
-        callbacks=[keras.callbacks.BackupAndRestore(backup, save_freq=1)],
-    )
+        fit(build(kind), [preempt()])
+    resumed = build(kind)
+    fit(resumed, [])
     assert resumed.optimizer.iterations.numpy() == 12
     for a, b in zip(state(reference), state(resumed)):
         np.testing.assert_allclose(a, b, atol=1e-6)
