@@ -332,7 +332,7 @@ class ConstrainedModel(keras.Model):
                 state.skip_counter = keras.metrics.Sum(
                     name="nonfinite_dual_skips"
                 )
-                self._tfc_skip_counter = state.skip_counter
+                self._tfc_skip_counter = state.skip_counter  # tracked metric
         self._collect_layer_constraints()
         self._build_dual_state()
 
@@ -988,6 +988,8 @@ class ConstrainedModel(keras.Model):
             state.constraints.append(constraint)
             metric = ConstraintMetric(constraint, lambda: multiplier)
             state.metrics[name] = metric
+            # As a model attribute, Keras tracks the metrics: they join
+            # `model.metrics` (reset each epoch, read for epoch logs).
             self._tfc_metrics = list(state.metrics.values())
         if self.compiled:
             self._build_dual_state()
