@@ -74,7 +74,7 @@ def test_dataset_level_gaps_equal_numpy_on_full_arrays(case, form):
     p, y, g, w = _data()
     threshold = 0.45
     constraint = cls(
-        "g", 0.0, num_groups=GROUPS, form=form, threshold=threshold
+        "g", bound=0.0, num_groups=GROUPS, form=form, threshold=threshold
     )
     model = _identity_model([constraint])
     x = {"score": p, "g": g}
@@ -103,7 +103,7 @@ def test_gaps_match_fairlearn(form, method):
     fairlearn_metrics = pytest.importorskip("fairlearn.metrics")
     p, y, g, w = _data(seed=1)
     constraints = [
-        cls("g", 0.0, num_groups=GROUPS, form=form, name=case)
+        cls("g", bound=0.0, num_groups=GROUPS, form=form, name=case)
         for case, (cls, _) in CASES.items()
     ]
     model = _identity_model(constraints)
@@ -132,7 +132,7 @@ def test_gaps_match_fairlearn(form, method):
 def test_rate_gap_for_any_rate_and_entry_labels():
     p, y, g, w = _data(seed=2)
     constraint = tfc.constraints.RateGap(
-        "g", 0.05, rates=("error_rate",), num_groups=GROUPS, name="eq_error"
+        "g", "error_rate", bound=0.05, num_groups=GROUPS, name="eq_error"
     )
     model = _identity_model([constraint])
     value = model.constraint_report(
@@ -168,8 +168,10 @@ def test_number_of_entries_of_each_form():
         overall = tfc.constraints.EqualizedOdds(
             "g", num_groups=groups, form="vs_overall"
         )
-        assert pairwise.shape == (2 * groups * (groups - 1),)
-        assert overall.shape == (2 * 2 * groups,)
+        assert len(pairwise.entry_labels) == 2 * groups * (groups - 1)
+        assert len(overall.entry_labels) == 2 * 2 * groups
+        assert (pairwise <= 0.1).shape == (2 * groups * (groups - 1),)
+        assert (overall <= 0.1).shape == (2 * 2 * groups,)
 
 
 def _batch(scores, labels, group):
@@ -187,7 +189,7 @@ def test_absent_group_entries_have_no_value_no_gradient_no_nan(form):
     y = np.array([[1.0], [0.0], [1.0], [1.0]], "float32")
     group = np.array([0, 0, 2, 2], "int32")  # group 1 absent
     constraint = tfc.constraints.EqualOpportunity(
-        "g", 0.05, num_groups=GROUPS, form=form
+        "g", bound=0.05, num_groups=GROUPS, form=form
     )
     scores = tf.Variable(p)
     with tf.GradientTape() as tape:
@@ -209,7 +211,9 @@ def test_absent_group_gets_no_dual_step_during_fit():
     p = np.array([[0.9], [0.8], [0.1], [0.2]], "float32")
     group = np.array([0, 0, 2, 2], "int32")  # group 1 absent
     y = np.ones((4, 1), "float32")
-    constraint = tfc.constraints.DemographicParity("g", 0.05, num_groups=GROUPS)
+    constraint = (
+        tfc.constraints.DemographicParity("g", num_groups=GROUPS) <= 0.05
+    )
     model = _identity_model([])
     model.add_constraint(constraint, multiplier_init=0.3)
     model.compile(optimizer="sgd", loss="mse", dual_optimizer=0.5)
@@ -229,7 +233,7 @@ def test_absent_group_gets_no_dual_step_during_fit():
 
 def test_group_loss_equals_numpy_per_group_cross_entropy():
     p, y, g, w = _data(seed=3)
-    constraint = tfc.constraints.GroupLoss("g", 0.6, num_groups=GROUPS)
+    constraint = tfc.constraints.GroupLoss("g", num_groups=GROUPS) <= 0.6
     model = _identity_model([constraint])
     x = {"score": p, "g": g}
     report = model.constraint_report((x, y, w), batch_size=BATCH)
@@ -248,9 +252,9 @@ def test_group_loss_equals_numpy_per_group_cross_entropy():
 def test_group_loss_accepts_loss_objects_and_callables():
     p, y, g, _ = _data(seed=4, n=30)
     batch = _batch(tf.constant(p), y, g)
-    by_name = tfc.constraints.GroupLoss("g", 1.0, loss="mse", num_groups=3)
+    by_name = tfc.constraints.GroupLoss("g", "mse", bound=1.0, num_groups=3)
     by_object = tfc.constraints.GroupLoss(
-        "g", 1.0, loss=keras.losses.MeanSquaredError(), num_groups=3
+        "g", keras.losses.MeanSquaredError(), bound=1.0, num_groups=3
     )
     squared = (p[:, 0] - y[:, 0]) ** 2
     expected = [squared[g == k].mean() for k in range(3)]
@@ -264,7 +268,7 @@ def test_group_loss_accepts_loss_objects_and_callables():
 def test_gap_values_are_exact_under_mirrored_strategy(mirrored):
     p, y, g, w = _data(seed=5)
     constraint = tfc.constraints.EqualizedOdds(
-        "g", 0.0, num_groups=GROUPS, name="eodds"
+        "g", bound=0.0, num_groups=GROUPS, name="eodds"
     )
     model = _identity_model([constraint], strategy=mirrored)
     x = {"score": p, "g": g}
@@ -287,11 +291,15 @@ def test_gap_values_are_exact_under_mirrored_strategy(mirrored):
 def test_fairness_config_round_trip_and_model_saving(tmp_path):
     constraints = [
         tfc.constraints.DemographicParity(
-            "sex", 0.05, form="vs_overall", threshold=0.4, temperature=0.5
+            "sex", bound=0.05, form="vs_overall", threshold=0.4, temperature=0.5
         ),
-        tfc.constraints.EqualizedOdds("race", 0.1, num_groups=5),
-        tfc.constraints.RateGap("sex", 0.02, rates=("error_rate",)),
-        tfc.constraints.GroupLoss("sex", [0.4, 0.5]),
+        tfc.constraints.EqualizedOdds("race", bound=0.1, num_groups=5),
+        tfc.constraints.RateGap("sex", ("error_rate",), bound=0.02),
+        tfc.constraints.GroupLoss("sex", bound=[0.4, 0.5]),
+        tfc.constraints.DemographicParity(
+            "sex", group_names=["female", "male"], name="named"
+        )
+        <= 0.1,
     ]
     for constraint in constraints:
         config = constraint.get_config()
@@ -314,7 +322,7 @@ def test_fairness_config_round_trip_and_model_saving(tmp_path):
 def test_add_constraint_overrides_a_gap_bound():
     model = _identity_model([])
     added = model.add_constraint(
-        tfc.constraints.DemographicParity("g", 0.1), bound=0.02
+        tfc.constraints.DemographicParity("g", bound=0.1), bound=0.02
     )
     np.testing.assert_allclose(added.bound, [0.02, 0.02])
 
@@ -325,9 +333,9 @@ def test_bad_fairness_arguments_raise_naming_the_constraint():
     with pytest.raises(ValueError, match="'demographic_parity'.*'<='"):
         tfc.constraints.DemographicParity("sex", kind=">=")
     with pytest.raises(ValueError, match="'dp'.*>= 0"):
-        tfc.constraints.DemographicParity("sex", -0.1, name="dp")
+        tfc.constraints.DemographicParity("sex", bound=-0.1, name="dp")
     with pytest.raises(ValueError, match="'dp'.*shape"):
-        tfc.constraints.DemographicParity("sex", [0.1, 0.1, 0.1], name="dp")
+        tfc.constraints.DemographicParity("sex", bound=[0.1] * 3, name="dp")
     with pytest.raises(ValueError, match="group_key"):
         tfc.constraints.EqualOpportunity(None)
     with pytest.raises(ValueError, match="EqualizedOdds constrains"):
@@ -341,7 +349,7 @@ def test_log_of_a_satisfied_gap_constraint_is_the_largest_gap():
     closest to it (the largest gap), not entry 0 (which is -0.5).
     """
     p = np.array([[0.9], [0.8], [0.7], [0.2]], "float32")
-    model = _identity_model([tfc.constraints.DemographicParity("g", 0.9)])
+    model = _identity_model([tfc.constraints.DemographicParity("g") <= 0.9])
     logs = model.evaluate(
         {"score": p, "g": np.array([0, 0, 1, 1])},
         np.ones((4, 1), "float32"),

@@ -44,7 +44,7 @@ def test_dataset_level_rate_equals_numpy_on_full_arrays(rate, grouped):
     # Bound 0: every entry is violated by its value, so the logged entry
     # (the one with the largest violation) is the largest rate.
     constraint = tfc.constraints.Rate(
-        rate, "<=", 0.0, threshold=threshold, name="r", **kwargs
+        rate, kind="<=", bound=0.0, threshold=threshold, name="r", **kwargs
     )
     model = _identity_model([constraint])
     x = {"score": p, "g": g}
@@ -76,7 +76,12 @@ def test_rates_match_fairlearn_per_group():
     }
     constraints = [
         tfc.constraints.Rate(
-            rate, "<=", 1.0, group_key="g", num_groups=GROUPS, name=rate
+            rate,
+            kind="<=",
+            bound=1.0,
+            group_key="g",
+            num_groups=GROUPS,
+            name=rate,
         )
         for rate in names
     ]
@@ -107,7 +112,7 @@ def test_logits_and_probabilities_give_the_same_rates():
     threshold = 0.3
     for from_logits, scores in ((False, p), (True, logits)):
         constraint = tfc.constraints.FalsePositiveRate(
-            "<=", 1.0, threshold=threshold, from_logits=from_logits
+            kind="<=", bound=1.0, threshold=threshold, from_logits=from_logits
         )
         model = _identity_model([constraint])
         value = model.constraint_report(
@@ -133,7 +138,7 @@ def _batch(scores, labels=None, group=None, weights=None):
 
 def test_sigmoid_surrogate_is_the_probability_at_default_settings():
     p, y, _, _ = _data(seed=3, n=50)
-    constraint = tfc.constraints.PositivePredictionRate(">=", 0.5)
+    constraint = tfc.constraints.PositivePredictionRate(kind=">=", bound=0.5)
     batch = _batch(p, y)
     # Default threshold 0.5 and temperature 1: σ(logit(p)) = p.
     assert float(constraint.call(batch)) == pytest.approx(p.mean(), abs=1e-6)
@@ -148,8 +153,8 @@ def test_surrogate_temperature_and_threshold_follow_the_formula():
     y = np.array([[1.0], [1.0], [0.0], [1.0]], "float32")
     threshold, temperature = 0.6, 0.5
     constraint = tfc.constraints.TruePositiveRate(
-        ">=",
-        0.5,
+        kind=">=",
+        bound=0.5,
         from_logits=True,
         threshold=threshold,
         temperature=temperature,
@@ -166,7 +171,7 @@ def test_hinge_surrogate_follows_the_formula():
     z = np.array([[-2.0], [-0.3], [0.1], [1.5]], "float32")
     y = np.array([[0.0], [1.0], [0.0], [1.0]], "float32")
     constraint = tfc.constraints.ErrorRate(
-        "<=", 0.1, from_logits=True, surrogate="hinge"
+        kind="<=", bound=0.1, from_logits=True, surrogate="hinge"
     )
     positive = np.maximum(0, 1 + z[:, 0])
     negative = np.maximum(0, 1 - z[:, 0])
@@ -177,7 +182,7 @@ def test_hinge_surrogate_follows_the_formula():
 
 
 def test_precision_without_positive_predictions_is_zero_and_invalid():
-    constraint = tfc.constraints.Precision(">=", 0.8)
+    constraint = tfc.constraints.Precision(kind=">=", bound=0.8)
     statistics = constraint.statistics(
         _batch(np.full((4, 1), 0.2, "float32"), np.ones((4, 1), "float32"))
     )
@@ -188,7 +193,7 @@ def test_precision_without_positive_predictions_is_zero_and_invalid():
 def test_group_membership_matrix_equals_integer_ids():
     p, y, g, w = _data(seed=4, n=40)
     by_id = tfc.constraints.TruePositiveRate(
-        ">=", 0.5, group_key="g", num_groups=GROUPS
+        kind=">=", bound=0.5, group_key="g", num_groups=GROUPS
     )
     one_hot = np.eye(GROUPS, dtype="float32")[g]
     values = [
@@ -203,7 +208,7 @@ def test_surrogate_of_absent_group_has_no_gradient_and_no_nan():
     p = np.array([[0.2], [0.7], [0.9]], "float32")
     group = np.array([0, 0, 2], "int32")  # group 1 absent
     constraint = tfc.constraints.PositivePredictionRate(
-        "<=", 0.5, group_key="g", num_groups=GROUPS
+        kind="<=", bound=0.5, group_key="g", num_groups=GROUPS
     )
     scores = tf.Variable(p)
     with tf.GradientTape() as tape:
@@ -226,7 +231,7 @@ def test_absent_group_gets_no_dual_step():
     group = np.array([0, 0, 2, 2], "int32")
     y = np.ones((4, 1), "float32")
     constraint = tfc.constraints.PositivePredictionRate(
-        "<=", 0.1, group_key="g", num_groups=GROUPS
+        kind="<=", bound=0.1, group_key="g", num_groups=GROUPS
     )
     inputs = keras.Input((1,), name="score")
     outputs = keras.layers.Dense(1, activation="sigmoid")(inputs)
@@ -250,7 +255,7 @@ def test_recall_constraint_raises_recall_to_the_bound():
     inputs = keras.Input((2,), name="x")
     outputs = keras.layers.Dense(1, activation="sigmoid")(inputs)
     model = tfc.ConstrainedModel(inputs, outputs)
-    model.add_constraint(tfc.constraints.Recall(">=", 0.9))
+    model.add_constraint(tfc.constraints.Recall() >= 0.9)
     model.compile(
         optimizer=keras.optimizers.Adam(0.05),
         loss="binary_crossentropy",
@@ -258,9 +263,7 @@ def test_recall_constraint_raises_recall_to_the_bound():
     )
     steps = tf.data.Dataset.from_tensors((x, y)).repeat(300)
     model.fit(steps, epochs=1, verbose=0)
-    recall = model.constraint_report((x, y), batch_size=600)[
-        "true_positive_rate"
-    ]["value"]
+    recall = model.constraint_report((x, y), batch_size=600)["recall"]["value"]
     predicted = model.predict(x, verbose=0)[:, 0] > 0.5
     positives = y[:, 0] == 1
     assert recall == pytest.approx(predicted[positives].mean(), abs=1e-6)
@@ -271,7 +274,7 @@ def test_recall_constraint_raises_recall_to_the_bound():
 def test_rate_statistics_are_exact_under_mirrored_strategy(mirrored):
     p, y, g, w = _data(seed=6)
     constraint = tfc.constraints.TruePositiveRate(
-        ">=", 0.5, group_key="g", num_groups=GROUPS, name="tpr"
+        kind=">=", bound=0.5, group_key="g", num_groups=GROUPS, name="tpr"
     )
     model = _identity_model([constraint], strategy=mirrored)
     x = {"score": p, "g": g}
@@ -293,8 +296,8 @@ def test_rate_statistics_are_exact_under_mirrored_strategy(mirrored):
 
 def test_rate_config_round_trip_and_model_saving(tmp_path):
     constraint = tfc.constraints.Precision(
-        ">=",
-        [0.6, 0.7],
+        kind=">=",
+        bound=[0.6, 0.7],
         group_key="sex",
         threshold=0.3,
         from_logits=True,
@@ -305,7 +308,7 @@ def test_rate_config_round_trip_and_model_saving(tmp_path):
     config = constraint.get_config()
     copy = tfc.constraints.Precision.from_config(config)
     assert copy.get_config() == config
-    generic = tfc.constraints.Rate("recall", ">=", 0.9)
+    generic = tfc.constraints.Rate("recall", kind=">=", bound=0.9)
     assert (
         tfc.constraints.Rate.from_config(generic.get_config()).rate
         == "true_positive_rate"
@@ -327,7 +330,8 @@ def test_rate_config_round_trip_and_model_saving(tmp_path):
 def test_add_constraint_overrides_a_rate_bound():
     model = _identity_model([])
     added = model.add_constraint(
-        tfc.constraints.ErrorRate("<=", 0.3, group_key="g"), bound=0.2
+        tfc.constraints.ErrorRate(kind="<=", bound=0.3, group_key="g"),
+        bound=0.2,
     )
     np.testing.assert_allclose(added.bound, [0.2, 0.2])
     assert added.group_key == "g"
@@ -345,20 +349,26 @@ def test_add_constraint_overrides_a_rate_bound():
 )
 def test_bad_arguments_raise_naming_the_constraint(kwargs, message):
     with pytest.raises(ValueError, match=f"'my_rate'.*{message}"):
-        tfc.constraints.TruePositiveRate(">=", 0.5, name="my_rate", **kwargs)
+        tfc.constraints.TruePositiveRate(
+            kind=">=", bound=0.5, name="my_rate", **kwargs
+        )
 
 
 def test_unknown_rate_and_vector_bound_without_groups_raise():
     with pytest.raises(ValueError, match="unknown rate 'auc'"):
-        tfc.constraints.Rate("auc", "<=", 0.5)
+        tfc.constraints.Rate("auc", kind="<=", bound=0.5)
     with pytest.raises(ValueError, match="scalar"):
-        tfc.constraints.ErrorRate("<=", [0.1, 0.2])
+        tfc.constraints.ErrorRate(kind="<=", bound=[0.1, 0.2])
     with pytest.raises(ValueError, match="shape"):
-        tfc.constraints.ErrorRate("<=", [0.1, 0.2], group_key="g", num_groups=3)
+        tfc.constraints.ErrorRate(
+            kind="<=", bound=[0.1, 0.2], group_key="g", num_groups=3
+        )
 
 
 def test_missing_labels_and_multi_output_predictions_raise():
-    constraint = tfc.constraints.TruePositiveRate(">=", 0.5, name="tpr")
+    constraint = tfc.constraints.TruePositiveRate(
+        kind=">=", bound=0.5, name="tpr"
+    )
     with pytest.raises(ValueError, match="'tpr'.*labels"):
         constraint.true_value(_batch(np.zeros((3, 1), "float32")))
     with pytest.raises(ValueError, match="'tpr'.*one output"):
@@ -370,7 +380,11 @@ def test_missing_labels_and_multi_output_predictions_raise():
 def test_missing_group_key_error_names_the_constraint():
     p, y, _, _ = _data(n=8)
     model = _identity_model(
-        [tfc.constraints.ErrorRate("<=", 0.3, group_key="sex", name="err")]
+        [
+            tfc.constraints.ErrorRate(
+                kind="<=", bound=0.3, group_key="sex", name="err"
+            )
+        ]
     )
     with pytest.raises(KeyError, match="'err'.*'sex'"):
         model.evaluate({"score": p}, y, verbose=0)

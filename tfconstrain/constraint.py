@@ -1,12 +1,18 @@
 """The `Constraint` base class: kinds, bounds, violations and statistics.
 
 A constraint is `c(θ) <kind> bound` with `kind` one of `"<="`, `">="`, `"=="`.
-Its *violation* is
+Its *violation* is the signed quantity
 
     v = c - bound    for "<=" and "==",
     v = bound - c    for ">=",
 
 so that `v <= 0` means satisfied for inequalities and `v == 0` for equalities.
+Its *positive violation* (the violation magnitude, logged as
+`NAME_violation`) is `max(0, v)` for inequalities and `|v|` for equalities.
+
+A constraint is stated with keyword arguments (`Recall(kind=">=",
+bound=0.9)`) or by comparison (`Recall() >= 0.9`); a constraint with no kind
+or no bound is *unbound* and cannot be added to a model until it gets them.
 
 Values are computed from *statistics*: a tuple of tensors that add up across
 batches and replicas (for example `(n · mean, n)`, or the numerator and
@@ -16,7 +22,10 @@ is what makes dataset-level reports and multi-replica dual steps exact.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
+import re
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -36,6 +45,9 @@ KIND_ALIASES = {
 }
 
 Statistics = tuple
+
+# Inside `Constraint.copy`, `serialize_callable` keeps objects as they are.
+_copying = threading.local()
 
 
 def normalize_kind(kind: Any, name: str) -> str:
@@ -94,11 +106,49 @@ def normalize_bound(bound: Any, name: str) -> np.ndarray:
     return array.astype(np.float32)
 
 
+def serialize_callable(obj: Any) -> Any:
+    """`keras.saving.serialize_keras_object(obj)`, for a `get_config`.
+
+    Inside `Constraint.copy` it returns `obj` itself, so that copies keep
+    lambdas and unregistered functions (which cannot be serialized).
+    """
+    if copying():
+        return obj
+    return keras.saving.serialize_keras_object(obj)
+
+
+def copying() -> bool:
+    """Whether a `get_config` runs for `Constraint.copy` (live objects)."""
+    return getattr(_copying, "depth", 0) > 0
+
+
+@contextlib.contextmanager
+def _live_objects():
+    _copying.depth = getattr(_copying, "depth", 0) + 1
+    try:
+        yield
+    finally:
+        _copying.depth -= 1
+
+
+def snake_case(name: str) -> str:
+    """`"DemographicParity"` -> `"demographic_parity"`, `"L0Density"` ->
+    `"l0_density"`, `"TPRGap"` -> `"tpr_gap"`."""
+    name = re.sub(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])", "_", name)
+    return name.lower()
+
+
 def default_name(obj: Any) -> str:
-    """A constraint name derived from a function or an object's class."""
-    name = getattr(obj, "__name__", None) or type(obj).__name__
+    """A constraint's natural name.
+
+    A function's own name (`"constraint"` for a lambda); for any other object
+    the snake-case name of its class (`Recall()` -> `"recall"`).
+    """
+    name = getattr(obj, "__name__", None)
+    if name is None:
+        return snake_case(type(obj).__name__)
     if name == "<lambda>":
-        name = "constraint"
+        return "constraint"
     return name
 
 
@@ -112,12 +162,32 @@ class Constraint:
       the reports, when it differs from `call` (e.g. a 0/1 rate whose smooth
       surrogate is `call`). Default: `call`.
     - `statistics(batch)` / `result(statistics)` (and `proxy_statistics` /
-      `proxy_result` for the primal value) to aggregate something other than
-      a weighted mean, e.g. rates as ratios of summed counts.
+      `proxy_result` for the value of the primal step) to aggregate
+      something other than a weighted mean, e.g. rates as ratios of summed
+      counts.
 
     The default aggregation is the sample-weighted mean of batch values:
     statistics `(w · c_batch, w)` with `w` the batch's total sample weight
     (its size when there are no sample weights), and result `Σ w·c / Σ w`.
+
+    **Kind and bound.** A constraint gets its kind and bound from keyword
+    arguments, or by comparison: `c <= b` and `c >= b` return a copy of `c`
+    with that kind and bound (`b <= c` is `c >= b`). `==` keeps Python's
+    meaning (identity); state an equality with `kind="=="` or
+    `model.add_constraint(c, "==", b)`. Strict `<` and `>` raise
+    `TypeError`, and so does the truth value of a comparison's result, so
+    that a chained `0.1 <= c <= 0.9` (which Python would reduce to its last
+    comparison) fails instead of dropping a bound: add `c >= 0.1` and
+    `c <= 0.9` as two constraints. A constraint without a kind or a bound is
+    *unbound*; adding it to a model raises `ValueError` naming it.
+
+    **Violation.** `v = c - bound` (`"<="`, `"=="`) or `v = bound - c`
+    (`">="`), signed: `violation(value)`. Its magnitude `max(0, v)` (`|v|`
+    for equalities) is the *positive violation*, `positive_violation(v)`,
+    logged as `NAME_violation`.
+
+    **Name.** Logs and reports use `name`, which defaults to the class's
+    snake-case name (`MeanPrediction` logs as `mean_prediction`).
 
     Example:
 
@@ -126,14 +196,18 @@ class Constraint:
         def call(self, batch):
             return keras.ops.mean(batch.y_pred)
 
-    model.add_constraint(MeanPrediction(">=", 0.3))
+    model.add_constraint(MeanPrediction() >= 0.3)
+    # Equivalent: MeanPrediction(kind=">=", bound=0.3), or
+    # model.add_constraint(MeanPrediction(), ">=", 0.3).
     ```
 
     Args:
-        kind: String. `"<="`, `">="` or `"=="` (aliases `"le"`, `"ge"`,
-            `"eq"`).
-        bound: Float or 1-D array. Its shape declares the constraint's shape.
-        name: String. Unique name within a model. Defaults to the class name.
+        kind: Optional string. `"<="`, `">="` or `"=="` (aliases `"le"`,
+            `"ge"`, `"eq"`). Defaults to `None` (unbound).
+        bound: Optional float or 1-D array. Its shape declares the
+            constraint's shape. Defaults to `None` (unbound).
+        name: String. Unique name within a model. Defaults to the class's
+            snake-case name.
         proxy: Optional callable `fn(batch) -> Tensor`, a differentiable
             surrogate used by the primal step instead of `call`; the dual
             step then uses the constraint's own (true) value.
@@ -142,18 +216,24 @@ class Constraint:
             Defaults to `1e-4` (float32 rounding alone can exceed 0).
     """
 
+    # Comparisons with numpy arrays and scalars (`np.float32(0.9) <= c`)
+    # defer to this class instead of being broadcast element by element.
+    __array_ufunc__ = None
+
     def __init__(
         self,
-        kind: str,
-        bound: Any,
+        kind: str | None = None,
+        bound: Any = None,
         *,
         name: str | None = None,
         proxy: Callable | None = None,
         tolerance: float = 1e-4,
     ):
         self.name = str(name) if name is not None else default_name(self)
-        self.kind = normalize_kind(kind, self.name)
-        self.bound = normalize_bound(bound, self.name)
+        self.kind = None if kind is None else normalize_kind(kind, self.name)
+        self.bound = (
+            None if bound is None else normalize_bound(bound, self.name)
+        )
         if proxy is not None and not callable(proxy):
             raise TypeError(
                 f"Constraint '{self.name}': `proxy` must be callable, got "
@@ -175,13 +255,119 @@ class Constraint:
 
     # ----------------------------------------------------------------- shape
     @property
+    def is_bound(self) -> bool:
+        """Whether the constraint has both a kind and a bound."""
+        return self.kind is not None and self.bound is not None
+
+    def require_bound(self) -> None:
+        """Raises unless the constraint has a kind and a bound.
+
+        Raises:
+            ValueError: naming the constraint and what it lacks.
+        """
+        if self.is_bound:
+            return
+        missing = " and no ".join(
+            what
+            for what, value in (("kind", self.kind), ("bound", self.bound))
+            if value is None
+        )
+        example = type(self).__name__
+        raise ValueError(
+            f"Constraint '{self.name}' is unbound: it has no {missing}. "
+            f"State it by comparison (`{example}(...) >= 0.9` or `<= 0.9`), "
+            "with `kind=` and `bound=`, or with "
+            '`model.add_constraint(constraint, ">=", 0.9)`.'
+        )
+
+    @property
     def shape(self) -> tuple:
-        """The constraint's shape: `()` or `(k,)`, declared by the bound."""
+        """The constraint's shape: `()` or `(k,)`, declared by the bound.
+
+        Raises:
+            ValueError: for an unbound constraint.
+        """
+        if self.bound is None:
+            self.require_bound()
         return tuple(self.bound.shape)
 
     @property
     def is_equality(self) -> bool:
         return self.kind == "=="
+
+    @property
+    def entry_labels(self) -> list[str] | None:
+        """Readable labels of a vector constraint's entries (None: none).
+
+        Constraints over groups label each entry (e.g. `["sex=0", "sex=1"]`)
+        so that reports and logs can name it; scalar constraints return
+        `None`.
+        """
+        return None
+
+    # ----------------------------------------------------------- comparison
+    def __le__(self, bound: Any) -> Constraint:
+        return self._compare("<=", bound)
+
+    def __ge__(self, bound: Any) -> Constraint:
+        return self._compare(">=", bound)
+
+    def __lt__(self, bound: Any):
+        raise TypeError(
+            f"Constraint '{self.name}': strict inequalities are not "
+            "supported; use `<=` or `>=` (a constraint holds within its "
+            "`tolerance`)."
+        )
+
+    __gt__ = __lt__
+
+    def __bool__(self) -> bool:
+        if getattr(self, "_from_comparison", False):
+            raise TypeError(
+                f"Constraint '{self.name}': a constraint has no truth value. "
+                "A chained comparison such as `0.1 <= c <= 0.9` would keep "
+                "only its last bound; add `c >= 0.1` and `c <= 0.9` as two "
+                "constraints (with distinct `name=`)."
+            )
+        return True
+
+    def _compare(self, kind: str, bound: Any) -> Constraint:
+        if isinstance(bound, Constraint):
+            raise TypeError(
+                f"Constraint '{self.name}': a constraint is compared with a "
+                f"bound (a float or a 1-D array), not with the constraint "
+                f"'{bound.name}'. Constrain their difference with a callable "
+                "instead."
+            )
+        copy = self.copy(kind=kind, bound=bound)
+        copy._from_comparison = True
+        return copy
+
+    def copy(self, **changes: Any) -> Constraint:
+        """A copy of the constraint with some constructor arguments changed.
+
+        The copy is built by `from_config(get_config())` with `changes`
+        applied; callables (`proxy`, functions, losses) are passed on as
+        they are, not serialized (see `serialize_callable`).
+
+        Example:
+
+        ```python
+        recall = tfc.constraints.Recall()
+        strict = recall.copy(kind=">=", bound=0.95, name="recall_95")
+        ```
+
+        Args:
+            **changes: Constructor arguments to replace (`kind`, `bound`,
+                `name`, `tolerance`, `proxy`, ...).
+
+        Returns:
+            A new constraint of the same class.
+        """
+        with _live_objects():
+            config = self.get_config()
+        config.update(changes)
+        return type(self).from_config(config)
 
     # ---------------------------------------------------------------- values
     def call(self, batch: Batch) -> tf.Tensor:
@@ -204,6 +390,14 @@ class Constraint:
         )
 
     # ------------------------------------------------------------ statistics
+    # Two families of statistics: those of the *true* value (`statistics`,
+    # `result`), which drive the dual step, the logs and the reports, and
+    # those of the *primal* value (`proxy_statistics`, `proxy_result`), the
+    # differentiable value of the primal step. The primal value is the
+    # user's `proxy` when one is given, else the constraint's own `call`
+    # (for rates: the same ratio of smooth counts). The method names keep
+    # the word "proxy" for the primal side; only the user's callable is
+    # called a proxy in messages and documentation.
     def statistics_shapes(self) -> tuple:
         """Shapes of the tensors returned by `statistics`."""
         return (self.shape, ())
@@ -217,13 +411,16 @@ class Constraint:
         return _weighted_mean(statistics)
 
     def proxy_statistics_shapes(self) -> tuple:
-        """Shapes of the tensors returned by `proxy_statistics`."""
+        """Shapes of the tensors returned by `proxy_statistics` (primal)."""
         if self.has_distinct_true_value:
             return (self.shape, ())
         return self.statistics_shapes()
 
     def proxy_statistics(self, batch: Batch) -> Statistics:
-        """Summable, differentiable statistics for the primal step."""
+        """Summable, differentiable statistics of the primal value.
+
+        The primal value is the user's `proxy` when given, else `call`.
+        """
         if self.proxy is not None:
             return self._mean_statistics(self.proxy(batch), batch, "proxy")
         if not self.has_distinct_true_value:
@@ -231,7 +428,7 @@ class Constraint:
         return self._mean_statistics(self.call(batch), batch)
 
     def proxy_result(self, statistics: Statistics) -> tf.Tensor:
-        """The differentiable value for summed proxy statistics."""
+        """The differentiable primal value for summed `proxy_statistics`."""
         if self.has_distinct_true_value:
             return _weighted_mean(statistics)
         return self.result(statistics)
@@ -322,14 +519,17 @@ class Constraint:
 
     # --------------------------------------------------------------- maths
     def violation(self, value: tf.Tensor) -> tf.Tensor:
-        """`v = c - bound` (`"<="`, `"=="`) or `v = bound - c` (`">="`)."""
+        """The signed violation `v = c - bound` (`"<="`, `"=="`) or
+        `v = bound - c` (`">="`); `v <= 0` means satisfied (inequalities)."""
         bound = tf.constant(self.bound, tf.float32)
         if self.kind == ">=":
             return bound - value
         return value - bound
 
     def positive_violation(self, violation: tf.Tensor) -> tf.Tensor:
-        """`max(0, v)` for inequalities, `|v|` for equalities."""
+        """The violation magnitude: `max(0, v)` (inequalities), `|v|`
+        (equalities), for the signed violation `v`. Logged as
+        `NAME_violation`."""
         if self.is_equality:
             return tf.abs(violation)
         return tf.maximum(violation, 0.0)
@@ -339,24 +539,26 @@ class Constraint:
         """Returns the constructor arguments (Keras serialization)."""
         config = {
             "kind": self.kind,
-            "bound": self.bound.tolist(),
+            "bound": None if self.bound is None else self.bound.tolist(),
             "name": self.name,
             "tolerance": self.tolerance,
         }
         if self.proxy is not None:
-            config["proxy"] = keras.saving.serialize_keras_object(self.proxy)
+            config["proxy"] = serialize_callable(self.proxy)
         return config
 
     @classmethod
     def from_config(cls, config: dict) -> Constraint:
         config = dict(config)
-        if config.get("proxy") is not None:
+        if isinstance(config.get("proxy"), dict):
             config["proxy"] = keras.saving.deserialize_keras_object(
                 config["proxy"]
             )
         return cls(**config)
 
     def __repr__(self) -> str:
+        if not self.is_bound:
+            return f"<{type(self).__name__} '{self.name}': unbound>"
         bound = self.bound.tolist()
         return f"<{type(self).__name__} '{self.name}': c {self.kind} {bound}>"
 
@@ -374,12 +576,23 @@ class FunctionConstraint(Constraint):
     the primal step. Dataset-level values are sample-weighted means of the
     batch values, exact when `fn` is itself a mean over examples.
 
+    Example:
+
+    ```python
+    def mean_prediction(batch):
+        return keras.ops.mean(batch.y_pred)
+
+    constraint = tfc.FunctionConstraint(mean_prediction) <= 0.3
+    ```
+
     Args:
         fn: Callable `fn(batch) -> Tensor` returning a scalar or 1-D float
             tensor of fixed length.
-        kind: String. `"<="`, `">="` or `"=="`.
-        bound: Float or 1-D array.
-        name: String. Defaults to `fn.__name__`.
+        kind: Optional string. `"<="`, `">="` or `"=="`. Defaults to `None`
+            (unbound).
+        bound: Optional float or 1-D array. Defaults to `None` (unbound).
+        name: String. Defaults to `fn.__name__` (`"constraint"` for a
+            lambda).
         proxy: Optional differentiable callable with the same signature.
         tolerance: Float. Defaults to `1e-4`.
     """
@@ -387,8 +600,8 @@ class FunctionConstraint(Constraint):
     def __init__(
         self,
         fn: Callable,
-        kind: str,
-        bound: Any,
+        kind: str | None = None,
+        bound: Any = None,
         *,
         name: str | None = None,
         proxy: Callable | None = None,
@@ -418,13 +631,15 @@ class FunctionConstraint(Constraint):
 
     def get_config(self) -> dict:
         config = super().get_config()
-        config["fn"] = keras.saving.serialize_keras_object(self.fn)
+        config["fn"] = serialize_callable(self.fn)
         return config
 
     @classmethod
     def from_config(cls, config: dict) -> FunctionConstraint:
         config = dict(config)
         name = config.get("name", "constraint")
+        if callable(config.get("fn")):
+            return super().from_config(config)
         try:
             config["fn"] = keras.saving.deserialize_keras_object(config["fn"])
         except Exception as error:  # noqa: BLE001 - re-raised with context

@@ -17,6 +17,9 @@ import tensorflow as tf
 
 from tfconstrain.batch import Batch
 from tfconstrain.constraint import Constraint
+from tfconstrain.constraint import default_name
+from tfconstrain.constraint import normalize_kind
+from tfconstrain.constraint import serialize_callable
 from tfconstrain.constraints.robustness import FeatureRef
 from tfconstrain.constraints.robustness import example_weights
 from tfconstrain.constraints.robustness import model_outputs
@@ -51,14 +54,19 @@ class CounterfactualInvariance(Constraint):
     # The prediction may move by at most 0.02 when the binary column 4
     # ("group") is flipped.
     model.add_constraint(
-        tfc.constraints.CounterfactualInvariance(4, 0.02))
+        tfc.constraints.CounterfactualInvariance(4) <= 0.02)
+    # Set column 2 to each of -1 and 2:
+    model.add_constraint(tfc.constraints.CounterfactualInvariance(
+        2, intervention=[-1.0, 2.0], bound=0.02))
     ```
 
     Args:
         feature: Int (a column of the 2-D input tensor, or of the dict input
             `input_name`), string (a dict input), or `None` (the
             intervention receives and returns the whole input).
-        bound: Float >= 0. The bound on the mean absolute change.
+        kind: Must be `"<="`. Defaults to `"<="`.
+        bound: Optional float >= 0, the bound on the mean absolute change.
+            Defaults to `None` (unbound: state it by comparison, `<= b`).
         intervention: `"flip"` (`a' = 1 − a`, for binary features), a float
             or a list of floats (`a'` set to each value), or a callable
             `fn(values) -> new values` (`fn(x) -> x'` with `feature=None`).
@@ -69,28 +77,37 @@ class CounterfactualInvariance(Constraint):
             Defaults to all columns.
         training: Bool. Mode of the extra forward pass. Defaults to `False`.
         name: String. Defaults to `"counterfactual_invariance"`.
+        proxy: Optional differentiable callable for the primal step.
+            Defaults to `None`.
         tolerance: Float >= 0. Defaults to `1e-4`.
     """
 
     def __init__(
         self,
         feature: int | str | None,
-        bound: float,
         *,
+        kind: str = "<=",
+        bound: float | None = None,
         intervention: Any = "flip",
         input_name: str | None = None,
         output_index: int | None = None,
         training: bool = False,
         name: str | None = None,
+        proxy=None,
         tolerance: float = 1e-4,
     ):
+        label = name or default_name(self)
+        if normalize_kind(kind, label) != "<=":
+            raise ValueError(
+                f"Constraint '{label}': a change of predictions is bounded "
+                f"above; `kind` must be '<=', got {kind!r}."
+            )
         super().__init__(
-            "<=",
-            bound,
-            name=name or "counterfactual_invariance",
-            tolerance=tolerance,
+            kind="<=", bound=bound, name=label, proxy=proxy, tolerance=tolerance
         )
-        if self.shape != () or float(self.bound) < 0:
+        if self.bound is not None and (
+            self.shape != () or float(self.bound) < 0
+        ):
             raise ValueError(
                 f"Constraint '{self.name}': the bound must be a scalar >= 0, "
                 f"got {self.bound.tolist()!r}."
@@ -174,10 +191,9 @@ class CounterfactualInvariance(Constraint):
 
     def get_config(self) -> dict:
         config = super().get_config()
-        del config["kind"]
         intervention = self.intervention
         if callable(intervention):
-            intervention = keras.saving.serialize_keras_object(intervention)
+            intervention = serialize_callable(intervention)
         elif isinstance(intervention, np.ndarray):
             intervention = intervention.tolist()
         config.update(
@@ -185,7 +201,6 @@ class CounterfactualInvariance(Constraint):
                 "feature": None
                 if self.feature is None
                 else self.feature.config(),
-                "bound": float(self.bound),
                 "intervention": intervention,
                 "input_name": self.input_name,
                 "output_index": self.output_index,

@@ -23,7 +23,12 @@ forms are offered, both vectors of linear differences of rates bounded by
 Every entry has its own multiplier; at most one entry of each pair is active,
 so the dual moves only where the gap is too large. The logged value `NAME`
 of such a constraint is the entry with the largest violation, i.e. the
-largest gap (all entries share the bound).
+largest gap (all entries share the bound). `entry_labels` names each entry
+(`"positive_prediction_rate: sex=0 - sex=1"`).
+
+A gap is bounded above, so `kind` is `"<="` and the bound is stated by
+comparison or keyword: `DemographicParity("sex") <= 0.05`, or
+`DemographicParity("sex", bound=0.05)`.
 
 Values are formed from the accumulated per-group counts (numerators and
 denominators of each rate), so epoch logs, `evaluate` and
@@ -44,13 +49,14 @@ import tensorflow as tf
 from tfconstrain.batch import Batch
 from tfconstrain.constraint import Constraint
 from tfconstrain.constraint import Statistics
+from tfconstrain.constraint import default_name
 from tfconstrain.constraint import normalize_kind
+from tfconstrain.constraint import serialize_callable
 from tfconstrain.constraints.counts import CountConstraint
+from tfconstrain.constraints.groups import GroupedConstraintMixin
 from tfconstrain.constraints.rates import PredictionSettings
 from tfconstrain.constraints.rates import _broadcast_bound
 from tfconstrain.constraints.rates import canonical_rate
-from tfconstrain.constraints.rates import check_group_arguments
-from tfconstrain.constraints.rates import group_membership
 from tfconstrain.constraints.rates import rate_terms
 from tfconstrain.constraints.rates import safe_divide
 
@@ -88,7 +94,7 @@ def gap_pairs(num_rates: int, num_groups: int, form: str) -> tuple:
 
 
 @keras.saving.register_keras_serializable(package="tfconstrain")
-class RateGap(CountConstraint):
+class RateGap(GroupedConstraintMixin, CountConstraint):
     """Bounds the gaps between per-group rates: `r_g - r_h <= δ`.
 
     The base class of `DemographicParity`, `EqualOpportunity` and
@@ -105,20 +111,28 @@ class RateGap(CountConstraint):
 
     ```python
     # Equal error rates across five race groups, within 3 points.
-    model.add_constraint(tfc.constraints.RateGap(
-        "race", 0.03, rates=("error_rate",), num_groups=5))
+    model.add_constraint(
+        tfc.constraints.RateGap("race", "error_rate", num_groups=5) <= 0.03)
     ```
 
     Args:
         group_key: String. Side-information key of the groups:
-            `batch.features[group_key]` holds integer ids `0 .. G-1` of shape
-            `(B,)` or `(B, 1)` (booleans count as 0/1), or a membership
-            matrix of shape `(B, G)`.
-        bound: Float `δ >= 0`, the largest allowed gap, or a 1-D array with
-            one bound per entry. Defaults to `0.05`.
-        rates: Tuple of rate names (see `tfc.constraints.Rate`). Defaults to
+            `batch.features[group_key]` holds ids of shape `(B,)` or
+            `(B, 1)`, integers `0 .. G-1` (booleans count as 0/1) or strings
+            listed in `group_names`, or a membership matrix of shape
+            `(B, G)`. An id outside the groups fails the step with an
+            error naming the constraint and the id.
+        rates: Rate name or tuple of rate names (see
+            `tfc.constraints.Rate`). Defaults to
             `("positive_prediction_rate",)`.
-        num_groups: Int >= 2. `G`. Defaults to `2`.
+        kind: Must be `"<="` (a gap is bounded above). Defaults to `"<="`.
+        bound: Optional float `δ >= 0`, the largest allowed gap, or a 1-D
+            array with one bound per entry. Defaults to `None` (unbound:
+            state it by comparison, `RateGap(...) <= 0.05`).
+        num_groups: Int >= 2. `G`. Defaults to `len(group_names)`, else `2`.
+        group_names: Optional list of `G` strings: the groups' labels (in
+            `entry_labels`), and the ids themselves when the ids are
+            strings. Defaults to `None`.
         form: `"max_gap"` (every ordered pair of groups) or `"vs_overall"`
             (each group against the overall rate). Defaults to `"max_gap"`.
         threshold: Float in `(0, 1)`. Probability threshold of a positive
@@ -127,40 +141,36 @@ class RateGap(CountConstraint):
             `False`.
         surrogate: `"sigmoid"` or `"hinge"`. Defaults to `"sigmoid"`.
         temperature: Float > 0. Defaults to `1.0`.
-        kind: Must be `"<="` (a gap is bounded above). Defaults to `"<="`.
-        name: String. Defaults to a snake-case name of the class.
+        name: String. Defaults to the class's snake-case name (`rate_gap`,
+            `demographic_parity`, ...).
+        proxy: Optional differentiable callable `fn(batch) -> Tensor` (the
+            gap vector) for the primal step. Defaults to `None`.
         tolerance: Float. Defaults to `1e-4`.
     """
 
-    DEFAULT_NAME = "rate_gap"
     DEFAULT_RATES: tuple = ("positive_prediction_rate",)
 
     def __init__(
         self,
         group_key: str,
-        bound: Any = 0.05,
+        rates: tuple | str | None = None,
         *,
-        rates: tuple | None = None,
-        num_groups: int = 2,
+        kind: str = "<=",
+        bound: Any = None,
+        num_groups: int | None = None,
+        group_names: Any = None,
         form: str = "max_gap",
         threshold: float = 0.5,
         from_logits: bool = False,
         surrogate: str = "sigmoid",
         temperature: float = 1.0,
-        kind: str = "<=",
         name: str | None = None,
         proxy=None,
         tolerance: float = 1e-4,
     ):
-        name = name or self.DEFAULT_NAME
-        if group_key is None:
-            raise ValueError(
-                f"Constraint '{name}': `group_key` is required (the "
-                "side-information key holding the groups)."
-            )
-        group_key, num_groups = check_group_arguments(
-            group_key, num_groups, name
-        )
+        name = name or default_name(self)
+        self._init_groups(group_key, num_groups, group_names, name)
+        num_groups = self.num_groups
         if form not in FORMS:
             raise ValueError(
                 f"Constraint '{name}': `form` must be one of {FORMS}, got "
@@ -174,11 +184,16 @@ class RateGap(CountConstraint):
         rates = self.DEFAULT_RATES if rates is None else rates
         if isinstance(rates, str):
             rates = (rates,)
+        if not isinstance(rates, (tuple, list)):
+            raise TypeError(
+                f"Constraint '{name}': `rates` must be a rate name or a "
+                f"tuple of rate names, got {rates!r}. (The bound is a "
+                f"keyword argument: `{type(self).__name__}(group_key, "
+                "...) <= 0.05` or `bound=0.05`.)"
+            )
         rates = tuple(canonical_rate(rate, name) for rate in rates)
         if not rates:
             raise ValueError(f"Constraint '{name}': `rates` is empty.")
-        self.group_key = group_key
-        self.num_groups = num_groups
         self.form = form
         self.rates = rates
         self.settings = PredictionSettings(
@@ -188,9 +203,9 @@ class RateGap(CountConstraint):
         self._first, self._second = first, second
         bound = _broadcast_bound(bound, (len(first),), name)
         super().__init__(
-            "<=", bound, name=name, proxy=proxy, tolerance=tolerance
+            kind="<=", bound=bound, name=name, proxy=proxy, tolerance=tolerance
         )
-        if np.any(self.bound < 0):
+        if self.bound is not None and np.any(self.bound < 0):
             raise ValueError(
                 f"Constraint '{self.name}': a gap bound must be >= 0, got "
                 f"{self.bound.tolist()}."
@@ -200,13 +215,10 @@ class RateGap(CountConstraint):
     def entry_labels(self) -> list[str]:
         """Readable labels of the entries, in the order of the value vector.
 
-        For example `"positive_prediction_rate: sex=0 - sex=1"`; `all` names
-        the overall rate.
+        For example `"positive_prediction_rate: sex=0 - sex=1"` (or
+        `sex=female` with `group_names`); `all` names the overall rate.
         """
-        names = []
-        for column in range(self.num_groups):
-            names.append(f"{self.group_key}={column}")
-        names.append("all")
+        names = [*self.group_labels, "all"]
         columns = self.num_groups + 1
         labels = []
         for i, j in zip(self._first, self._second):
@@ -225,7 +237,7 @@ class RateGap(CountConstraint):
         numerators, denominators, weights = rate_terms(
             batch, self.rates, self.settings, hard, self.name
         )
-        members = group_membership(batch, self.group_key, self.num_groups)
+        members = self.group_membership(batch)
         columns = tf.concat([members, tf.ones_like(members[:, :1])], axis=1)
         columns = columns * weights[:, None]
         # (B, R) x (B, G+1) -> (R, G+1)
@@ -259,13 +271,16 @@ class RateGap(CountConstraint):
         """The rates `(R, G + 1)` (last column: overall) for statistics."""
         return safe_divide(*statistics)
 
+    def group_denominators(self, statistics: Statistics) -> tf.Tensor:
+        """The rates' denominators per group, `(R, G)`."""
+        return statistics[1][:, : self.num_groups]
+
     # -------------------------------------------------------------- config
     def get_config(self) -> dict:
         config = super().get_config()
         config.update(
-            group_key=self.group_key,
             rates=list(self.rates),
-            num_groups=self.num_groups,
+            **self._groups_config(),
             form=self.form,
             **self.settings.get_config(),
         )
@@ -275,14 +290,29 @@ class RateGap(CountConstraint):
 class _FixedRateGap(RateGap):
     """A `RateGap` whose rates are fixed by the subclass."""
 
-    def __init__(self, group_key: str, bound: Any = 0.05, **kwargs):
+    def __init__(self, group_key: str, *args, **kwargs):
+        if args:
+            cls = type(self).__name__
+            raise TypeError(
+                f"{cls} takes one positional argument, the group key; "
+                f"`kind` and `bound` are keyword arguments: "
+                f"`{cls}({group_key!r}) <= 0.05` or "
+                f"`{cls}({group_key!r}, bound=0.05)`. Got extra positional "
+                f"arguments {args!r}."
+            )
         rates = kwargs.pop("rates", None)
-        if rates is not None and tuple(rates) != self.DEFAULT_RATES:
+        if isinstance(rates, str):
+            rates = (rates,)
+        label = kwargs.get("name") or default_name(self)
+        if rates is not None and (
+            tuple(canonical_rate(rate, label) for rate in rates)
+            != self.DEFAULT_RATES
+        ):
             raise ValueError(
                 f"{type(self).__name__} constrains {self.DEFAULT_RATES}; use "
                 "`tfc.constraints.RateGap` for other rates."
             )
-        super().__init__(group_key, bound, **kwargs)
+        super().__init__(group_key, **kwargs)
 
     def get_config(self) -> dict:
         config = super().get_config()
@@ -292,11 +322,17 @@ class _FixedRateGap(RateGap):
 
 _GAP_ARGS = """
     Args:
-        group_key: String. Side-information key of the groups (integer ids
-            of shape `(B,)` or `(B, 1)`, or a `(B, G)` membership matrix).
-        bound: Float `δ >= 0`, the largest allowed gap (or one bound per
-            entry). Defaults to `0.05`.
-        num_groups: Int >= 2. Defaults to `2`.
+        group_key: String. Side-information key of the groups: ids of shape
+            `(B,)` or `(B, 1)` (integers `0 .. G-1`, or strings listed in
+            `group_names`), or a `(B, G)` membership matrix. An id outside
+            the groups fails the step with an error naming it.
+        kind: Must be `"<="`. Defaults to `"<="`.
+        bound: Optional float `δ >= 0`, the largest allowed gap (or one
+            bound per entry). Defaults to `None` (unbound: state it by
+            comparison, `<= δ`).
+        num_groups: Int >= 2. Defaults to `len(group_names)`, else `2`.
+        group_names: Optional list of `G` strings naming the groups.
+            Defaults to `None`.
         form: `"max_gap"` (every ordered pair of groups: `r_g - r_h <= δ`)
             or `"vs_overall"` (`|r_g - r| <= δ` for every group). Defaults to
             `"max_gap"`.
@@ -305,6 +341,8 @@ _GAP_ARGS = """
         surrogate: `"sigmoid"` or `"hinge"`. Defaults to `"sigmoid"`.
         temperature: Float > 0. Defaults to `1.0`.
         name: String. Defaults to the snake-case class name.
+        proxy: Optional differentiable callable for the primal step.
+            Defaults to `None`.
         tolerance: Float. Defaults to `1e-4`.
 """
 
@@ -323,14 +361,13 @@ class DemographicParity(_FixedRateGap):
     Example:
 
     ```python
-    model.add_constraint(tfc.constraints.DemographicParity("sex", 0.05))
+    model.add_constraint(tfc.constraints.DemographicParity("sex") <= 0.05)
     model.fit({"features": x, "sex": sex}, y, epochs=10)
     ```
 """
         + _GAP_ARGS
     )
 
-    DEFAULT_NAME = "demographic_parity"
     DEFAULT_RATES = ("positive_prediction_rate",)
 
 
@@ -346,13 +383,12 @@ class EqualOpportunity(_FixedRateGap):
     Example:
 
     ```python
-    model.add_constraint(tfc.constraints.EqualOpportunity("sex", 0.05))
+    model.add_constraint(tfc.constraints.EqualOpportunity("sex") <= 0.05)
     ```
 """
         + _GAP_ARGS
     )
 
-    DEFAULT_NAME = "equal_opportunity"
     DEFAULT_RATES = ("true_positive_rate",)
 
 
@@ -370,76 +406,80 @@ class EqualizedOdds(_FixedRateGap):
 
     ```python
     model.add_constraint(tfc.constraints.EqualizedOdds(
-        "race", 0.1, num_groups=5, form="vs_overall"))
+        "race", num_groups=5, form="vs_overall") <= 0.1)
     ```
 """
         + _GAP_ARGS
     )
 
-    DEFAULT_NAME = "equalized_odds"
     DEFAULT_RATES = ("true_positive_rate", "false_positive_rate")
 
 
 @keras.saving.register_keras_serializable(package="tfconstrain")
-@keras.saving.register_keras_serializable(package="tfconstrain")
-class GroupLoss(Constraint):
+class GroupLoss(GroupedConstraintMixin, Constraint):
     """A bound on the mean loss of every group: `L_g <= b` for each `g`.
 
     `L_g = Σ_{i∈g} w_i·ℓ_i / Σ_{i∈g} w_i` with `ℓ_i` the per-example loss.
     The loss is differentiable, so it drives both the primal and the dual
     step; statistics are the per-group sums `(Σ w·ℓ, Σ w)`, so dataset-level
     values are exact. A group absent from a batch has value 0 and no dual
-    step.
+    step. `entry_labels` names the groups.
 
     Example:
 
     ```python
     # No sex group with a mean cross-entropy above 0.45.
-    model.add_constraint(tfc.constraints.GroupLoss(
-        "sex", 0.45, loss="binary_crossentropy"))
+    model.add_constraint(
+        tfc.constraints.GroupLoss("sex", "binary_crossentropy") <= 0.45)
     ```
 
     Args:
-        group_key: String. Side-information key of the groups.
-        bound: Float, or 1-D array with one bound per group.
+        group_key: String. Side-information key of the groups (ids or a
+            membership matrix, as for `tfc.constraints.RateGap`).
         loss: A Keras loss: a name (`"binary_crossentropy"`, `"mse"`, ...),
             a `keras.losses.Loss` (its reduction is ignored) or a callable
             `fn(y_true, y_pred) -> per-example losses`. Defaults to
             `"binary_crossentropy"`.
-        num_groups: Int >= 2. Defaults to `2`.
         kind: String. Defaults to `"<="`.
+        bound: Optional float, or 1-D array with one bound per group.
+            Defaults to `None` (unbound: state it by comparison).
+        num_groups: Int >= 2. Defaults to `len(group_names)`, else `2`.
+        group_names: Optional list of strings naming the groups. Defaults
+            to `None`.
         name: String. Defaults to `"group_loss"`.
+        proxy: Optional differentiable callable for the primal step.
+            Defaults to `None`.
         tolerance: Float. Defaults to `1e-4`.
     """
 
     def __init__(
         self,
         group_key: str,
-        bound: Any,
-        *,
         loss: Any = "binary_crossentropy",
-        num_groups: int = 2,
+        *,
         kind: str = "<=",
+        bound: Any = None,
+        num_groups: int | None = None,
+        group_names: Any = None,
         name: str | None = None,
         proxy=None,
         tolerance: float = 1e-4,
     ):
-        name = name or "group_loss"
-        if group_key is None:
-            raise ValueError(f"Constraint '{name}': `group_key` is required.")
-        group_key, num_groups = check_group_arguments(
-            group_key, num_groups, name
-        )
+        name = name or default_name(self)
+        self._init_groups(group_key, num_groups, group_names, name)
         if isinstance(loss, dict):
             loss = keras.saving.deserialize_keras_object(loss)
         self.loss = loss
         self._loss_fn = _per_example_loss(loss, name)
-        self.group_key = group_key
-        self.num_groups = num_groups
-        bound = _broadcast_bound(bound, (num_groups,), name)
+        bound = _broadcast_bound(bound, (self.num_groups,), name)
         super().__init__(
-            kind, bound, name=name, proxy=proxy, tolerance=tolerance
+            kind=kind, bound=bound, name=name, proxy=proxy, tolerance=tolerance
         )
+
+    @property
+    def entry_labels(self) -> list[str]:
+        """The groups' labels, e.g. `["sex=0", "sex=1"]`."""
+        return self.group_labels
 
     def statistics_shapes(self) -> tuple:
         return (self.shape, self.shape)
@@ -466,8 +506,7 @@ class GroupLoss(Constraint):
             weights = tf.ones_like(losses)
         else:
             weights = tf.cast(tf.reshape(batch.sample_weight, [-1]), tf.float32)
-        members = group_membership(batch, self.group_key, self.num_groups)
-        members = members * weights[:, None]
+        members = self.group_membership(batch) * weights[:, None]
         return (
             tf.reduce_sum(members * losses[:, None], axis=0),
             tf.reduce_sum(members, axis=0),
@@ -483,6 +522,10 @@ class GroupLoss(Constraint):
     def valid(self, statistics: Statistics) -> tf.Tensor:
         return statistics[1] > 0
 
+    def group_denominators(self, statistics: Statistics) -> tf.Tensor:
+        """The groups' total weights `Σ w`, `(G,)`."""
+        return statistics[1]
+
     def call(self, batch: Batch) -> tf.Tensor:
         return self.result(self.statistics(batch))
 
@@ -494,10 +537,8 @@ class GroupLoss(Constraint):
         config = super().get_config()
         loss = self.loss
         if not isinstance(loss, str):
-            loss = keras.saving.serialize_keras_object(loss)
-        config.update(
-            group_key=self.group_key, num_groups=self.num_groups, loss=loss
-        )
+            loss = serialize_callable(loss)
+        config.update(**self._groups_config(), loss=loss)
         return config
 
 
@@ -514,5 +555,6 @@ def _per_example_loss(loss: Any, name: str):
         return loss
     raise ValueError(
         f"Constraint '{name}': `loss` must be a loss name, a "
-        f"`keras.losses.Loss` or a callable, got {loss!r}."
+        f"`keras.losses.Loss` or a callable, got {loss!r}. (The bound is a "
+        "keyword argument: `GroupLoss(group_key, loss) <= b` or `bound=b`.)"
     )

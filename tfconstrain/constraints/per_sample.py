@@ -12,6 +12,7 @@ import tensorflow as tf
 
 from tfconstrain.batch import Batch
 from tfconstrain.constraint import FunctionConstraint
+from tfconstrain.constraint import default_name
 
 
 @keras.saving.register_keras_serializable(package="tfconstrain")
@@ -42,6 +43,8 @@ class PerSampleConstraint(FunctionConstraint):
     optimizer sees a violation that is zero elsewhere, which is exact
     without momentum and rejected with it.
 
+    Entry `i` is example id `i` (`entry_labels` is `None`).
+
     Example:
 
     ```python
@@ -49,40 +52,48 @@ class PerSampleConstraint(FunctionConstraint):
         return keras.losses.binary_crossentropy(batch.y, batch.y_pred)
 
     model.add_constraint(tfc.constraints.PerSampleConstraint(
-        per_example_loss, "<=", 0.1, num_samples=len(x), name="fit_each"))
+        per_example_loss, num_samples=len(x), name="fit_each") <= 0.1)
     model.fit({"features": x, "sample_id": np.arange(len(x))}, y)
     ```
 
     Args:
         fn: Callable `fn(batch) -> Tensor` of shape `(B,)`.
-        kind: `"<="`, `">="` or `"=="`.
-        bound: Float, the same bound for every example.
         num_samples: Int. Number of examples (ids are `0 .. N-1`).
+        kind: Optional string. `"<="`, `">="` or `"=="`. Defaults to `None`
+            (unbound: state it by comparison).
+        bound: Optional float, the same bound for every example. Defaults
+            to `None` (unbound).
         id_key: String. Side-information key of the ids. Defaults to
             `"sample_id"`.
-        name: String. Defaults to `fn.__name__`.
-        proxy: Optional differentiable per-example surrogate.
+        name: String. Defaults to `fn.__name__` (`"per_sample_constraint"`
+            for a lambda).
+        proxy: Optional differentiable callable returning per-example
+            values, used by the primal step instead of `fn`.
         tolerance: Float. Defaults to `1e-4`.
     """
 
     def __init__(
         self,
         fn: Callable,
-        kind: str,
-        bound: float,
-        num_samples: int,
         *,
+        num_samples: int,
+        kind: str | None = None,
+        bound: float | None = None,
         id_key: str = "sample_id",
         name: str | None = None,
         proxy: Callable | None = None,
         tolerance: float = 1e-4,
     ):
-        label = name or getattr(fn, "__name__", "per_sample")
+        label = name
+        if label is None:
+            label = getattr(fn, "__name__", "<lambda>")
+            if label == "<lambda>":
+                label = default_name(self)
         if not callable(fn):
             raise TypeError(
                 f"Constraint '{label}': `fn` must be callable, got {fn!r}."
             )
-        if np.ndim(bound) != 0:
+        if bound is not None and np.ndim(bound) != 0:
             raise ValueError(
                 f"Constraint '{label}': the bound of a per-sample constraint "
                 f"is one float shared by all examples, got {bound!r}."
@@ -94,11 +105,13 @@ class PerSampleConstraint(FunctionConstraint):
             )
         self.num_samples = int(num_samples)
         self.id_key = id_key
-        self.scalar_bound = float(bound)
+        self.scalar_bound = None if bound is None else float(bound)
         super().__init__(
             fn,
             kind,
-            np.full((self.num_samples,), bound, np.float32),
+            None
+            if bound is None
+            else np.full((self.num_samples,), bound, np.float32),
             name=label,
             proxy=proxy,
             tolerance=tolerance,
@@ -125,8 +138,9 @@ class PerSampleConstraint(FunctionConstraint):
     def examples(self, batch: Batch, proxy: bool = False):
         """`(ids, values, weights)` of the batch's examples, each `(B,)`.
 
-        `values` come from `proxy` when `proxy=True` and one was given,
-        else from `fn`; they are differentiable.
+        With `proxy=True`, the values of the primal step: the user's
+        `proxy` when one was given, else `fn`. With `proxy=False`, those of
+        `fn` (the dual step). Values are differentiable.
         """
         function = self.proxy if proxy and self.proxy is not None else self.fn
         values = self._per_example(
@@ -140,7 +154,7 @@ class PerSampleConstraint(FunctionConstraint):
         return ids, values, weights
 
     def example_violation(self, values: tf.Tensor) -> tf.Tensor:
-        """Per-example violation `v_i` for values of shape `(B,)`."""
+        """Per-example signed violation `v_i` for values of shape `(B,)`."""
         if self.kind == ">=":
             return self.scalar_bound - values
         return values - self.scalar_bound

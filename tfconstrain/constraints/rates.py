@@ -43,7 +43,9 @@ import tensorflow as tf
 
 from tfconstrain.batch import Batch
 from tfconstrain.constraint import Statistics
+from tfconstrain.constraint import snake_case
 from tfconstrain.constraints.counts import CountConstraint
+from tfconstrain.constraints.groups import GroupedConstraintMixin
 
 SURROGATES = ("sigmoid", "hinge")
 
@@ -235,55 +237,6 @@ def example_weights(batch: Batch, size: tf.Tensor) -> tf.Tensor:
     return tf.cast(tf.reshape(batch.sample_weight, [-1]), tf.float32)
 
 
-def group_membership(
-    batch: Batch, group_key: str, num_groups: int
-) -> tf.Tensor:
-    """Group membership as a float32 matrix `(B, num_groups)`.
-
-    `batch.features[group_key]` holds either integer group ids of shape
-    `(B,)` or `(B, 1)` (booleans count as 0/1; ids outside
-    `[0, num_groups)` belong to no group), or a membership matrix of shape
-    `(B, num_groups)` (one-hot, or weights for overlapping groups).
-    """
-    groups = tf.convert_to_tensor(batch.features[group_key])
-    shape = groups.shape
-    if shape.rank == 2 and shape[-1] == num_groups and num_groups > 1:
-        return tf.cast(groups, tf.float32)
-    if shape.rank not in (1, 2) or (shape.rank == 2 and shape[-1] != 1):
-        raise ValueError(
-            f"group ids `{group_key}` must have shape (batch,), (batch, 1) "
-            f"or (batch, {num_groups}) (membership matrix); got {shape}."
-        )
-    ids = tf.reshape(groups, [-1])
-    if ids.dtype.is_floating:
-        ids = tf.round(ids)
-    ids = tf.cast(ids, tf.int32)
-    return tf.one_hot(ids, num_groups, dtype=tf.float32)
-
-
-def check_group_arguments(group_key: Any, num_groups: Any, name: str) -> tuple:
-    """Validates `group_key` / `num_groups`; returns them normalised."""
-    if group_key is None:
-        return None, None
-    if not isinstance(group_key, str) or not group_key:
-        raise ValueError(
-            f"Constraint '{name}': `group_key` must be a non-empty string "
-            f"(a side-information key), got {group_key!r}."
-        )
-    if isinstance(num_groups, bool) or not isinstance(
-        num_groups, (int, np.integer)
-    ):
-        raise ValueError(
-            f"Constraint '{name}': `num_groups` must be an int >= 2, got "
-            f"{num_groups!r}."
-        )
-    if num_groups < 2:
-        raise ValueError(
-            f"Constraint '{name}': `num_groups` must be >= 2, got {num_groups}."
-        )
-    return group_key, int(num_groups)
-
-
 def rate_terms(
     batch: Batch,
     rates: tuple,
@@ -317,7 +270,7 @@ def safe_divide(numerator: tf.Tensor, denominator: tf.Tensor) -> tf.Tensor:
 
 
 @keras.saving.register_keras_serializable(package="tfconstrain")
-class Rate(CountConstraint):
+class Rate(GroupedConstraintMixin, CountConstraint):
     """A rate of a binary classifier, overall or per group: `rate <kind> b`.
 
     The value is the exact ratio of sample-weighted counts (hard 0/1
@@ -328,16 +281,17 @@ class Rate(CountConstraint):
     zero denominator is invalid (no dual step) and has value 0.
 
     With `group_key`, the constraint is a vector with one rate per group
-    (`batch.features[group_key]` holds integer group ids or a membership
-    matrix); a scalar `bound` then applies to every group.
+    (`batch.features[group_key]` holds group ids or a membership matrix,
+    see `tfc.constraints.RateGap`); a scalar `bound` then applies to every
+    group, and `entry_labels` names the groups (`"sex=0"`, or
+    `"sex=female"` with `group_names`).
 
     Example:
 
     ```python
-    model.add_constraint(
-        tfc.constraints.Rate("true_positive_rate", ">=", 0.9))
+    model.add_constraint(tfc.constraints.Rate("recall") >= 0.9)
     model.add_constraint(tfc.constraints.Rate(
-        "positive_prediction_rate", ">=", 0.2, group_key="sex",
+        "selection_rate", group_key="sex", kind=">=", bound=0.2,
         name="min_selection_per_sex"))
     ```
 
@@ -347,12 +301,17 @@ class Rate(CountConstraint):
             `"true_negative_rate"`, `"false_negative_rate"`, `"precision"`,
             `"error_rate"` (aliases: `"selection_rate"`, `"recall"`, `"tpr"`,
             `"fpr"`, `"tnr"`, `"fnr"`).
-        kind: String. `"<="`, `">="` or `"=="`.
-        bound: Float, or 1-D array of length `num_groups` with `group_key`.
+        kind: Optional string. `"<="`, `">="` or `"=="`. Defaults to `None`
+            (unbound: state it by comparison, `Rate("recall") >= 0.9`).
+        bound: Optional float, or 1-D array of length `num_groups` with
+            `group_key`. Defaults to `None` (unbound).
         group_key: Optional string. Side-information key holding the groups;
             `None` constrains the overall rate. Defaults to `None`.
         num_groups: Int >= 2. Number of groups (ids `0 .. num_groups - 1`).
-            Defaults to `2`.
+            Defaults to `len(group_names)`, else `2`.
+        group_names: Optional list of strings, one per group: the labels of
+            groups `0 .. G-1`, and the ids themselves when the group ids are
+            strings. Defaults to `None`.
         threshold: Float in `(0, 1)`. Probability threshold of a positive
             prediction (`y_pred > threshold`; for logits, `y_pred >
             logit(threshold)`). Defaults to `0.5`.
@@ -361,19 +320,23 @@ class Rate(CountConstraint):
         surrogate: `"sigmoid"` or `"hinge"`. Defaults to `"sigmoid"`.
         temperature: Float > 0. Temperature of the surrogate. Defaults to
             `1.0`.
-        name: String. Defaults to the rate's name (with `_by_<group_key>`
-            for per-group rates).
+        name: String. Defaults to the rate as spelled (`"recall"` for
+            `Rate("recall")`), with `_by_<group_key>` for per-group rates.
+        proxy: Optional callable `fn(batch) -> Tensor`, a differentiable
+            replacement of the smooth ratio in the primal step. Defaults to
+            `None`.
         tolerance: Float. Defaults to `1e-4`.
     """
 
     def __init__(
         self,
         rate: str,
-        kind: str,
-        bound: Any,
         *,
+        kind: str | None = None,
+        bound: Any = None,
         group_key: str | None = None,
-        num_groups: int = 2,
+        num_groups: int | None = None,
+        group_names: Any = None,
         threshold: float = 0.5,
         from_logits: bool = False,
         surrogate: str = "sigmoid",
@@ -383,27 +346,40 @@ class Rate(CountConstraint):
         tolerance: float = 1e-4,
     ):
         label = name or str(rate)
-        rate = canonical_rate(rate, label)
-        group_key, groups = check_group_arguments(group_key, num_groups, label)
+        canonical = canonical_rate(rate, label)
         if name is None:
-            name = rate if group_key is None else f"{rate}_by_{group_key}"
+            name = self._natural_name(rate)
+            if group_key is not None:
+                name = f"{name}_by_{group_key}"
+        self._init_groups(
+            group_key, num_groups, group_names, name, required=False
+        )
         if group_key is not None:
-            bound = _broadcast_bound(bound, (groups,), name)
-        self.rate = rate
-        self.group_key = group_key
-        self.num_groups = num_groups if groups is None else groups
+            bound = _broadcast_bound(bound, (self.num_groups,), name)
+        self.rate = canonical
         self.settings = PredictionSettings(
             threshold, from_logits, surrogate, temperature, name
         )
         super().__init__(
-            kind, bound, name=name, proxy=proxy, tolerance=tolerance
+            kind=kind, bound=bound, name=name, proxy=proxy, tolerance=tolerance
         )
-        if group_key is None and self.shape != ():
+        if group_key is None and self.bound is not None and self.shape != ():
             raise ValueError(
                 f"Constraint '{self.name}': an overall rate is a scalar, but "
                 f"the bound has shape {self.shape}. Give a float bound, or a "
                 "`group_key` for per-group rates."
             )
+
+    def _natural_name(self, rate: str) -> str:
+        """The rate as spelled for `Rate`, the class's name for subclasses."""
+        if type(self) is Rate:
+            return rate.strip().lower()
+        return snake_case(type(self).__name__)
+
+    @property
+    def entry_labels(self) -> list[str] | None:
+        """The groups' labels for a per-group rate (None: overall rate)."""
+        return self.group_labels
 
     # ---------------------------------------------------------- statistics
 
@@ -417,7 +393,7 @@ class Rate(CountConstraint):
                 tf.reduce_sum(weights * numerators),
                 tf.reduce_sum(weights * denominators),
             )
-        members = group_membership(batch, self.group_key, self.num_groups)
+        members = self.group_membership(batch)
         return (
             tf.reduce_sum(members * weights * numerators, axis=0),
             tf.reduce_sum(members * weights * denominators, axis=0),
@@ -433,13 +409,20 @@ class Rate(CountConstraint):
     def valid(self, statistics: Statistics) -> tf.Tensor:
         return statistics[1] > 0
 
+    def group_denominators(self, statistics: Statistics) -> tf.Tensor:
+        """The rate's denominator per group (needs `group_key`)."""
+        if self.group_key is None:
+            raise ValueError(
+                f"Constraint '{self.name}': an overall rate has no groups."
+            )
+        return statistics[1]
+
     # -------------------------------------------------------------- config
     def get_config(self) -> dict:
         config = super().get_config()
         config.update(
             rate=self.rate,
-            group_key=self.group_key,
-            num_groups=self.num_groups,
+            **self._groups_config(),
             **self.settings.get_config(),
         )
         return config
@@ -469,13 +452,20 @@ class _NamedRate(Rate):
 
     RATE = ""
 
-    def __init__(self, kind: str, bound: Any, **kwargs):
+    def __init__(self, *args, **kwargs):
+        if args:
+            cls = type(self).__name__
+            raise TypeError(
+                f"{cls} takes no positional arguments; `kind` and `bound` "
+                f"are keyword arguments: `{cls}() >= 0.9` or "
+                f'`{cls}(kind=">=", bound=0.9)`. Got {args!r}.'
+            )
         if "rate" in kwargs and kwargs.pop("rate") != self.RATE:
             raise ValueError(
                 f"{type(self).__name__} constrains the {self.RATE}; use "
                 "`tfc.constraints.Rate` for another rate."
             )
-        super().__init__(self.RATE, kind, bound, **kwargs)
+        super().__init__(self.RATE, **kwargs)
 
     def get_config(self) -> dict:
         config = super().get_config()
@@ -485,16 +475,23 @@ class _NamedRate(Rate):
 
 _SHARED_ARGS = """
     Args:
-        kind: String. `"<="`, `">="` or `"=="`.
-        bound: Float, or 1-D array of length `num_groups` with `group_key`.
+        kind: Optional string. `"<="`, `">="` or `"=="`. Defaults to `None`
+            (unbound: state it by comparison).
+        bound: Optional float, or 1-D array of length `num_groups` with
+            `group_key`. Defaults to `None` (unbound).
         group_key: Optional side-information key of the groups. Defaults to
             `None` (overall rate).
-        num_groups: Int >= 2. Defaults to `2`.
+        num_groups: Int >= 2. Defaults to `len(group_names)`, else `2`.
+        group_names: Optional list of strings, one per group. Defaults to
+            `None`.
         threshold: Float in `(0, 1)`. Defaults to `0.5`.
         from_logits: Bool. Defaults to `False`.
         surrogate: `"sigmoid"` or `"hinge"`. Defaults to `"sigmoid"`.
         temperature: Float > 0. Defaults to `1.0`.
-        name: String. Defaults to the rate's name.
+        name: String. Defaults to the class's snake-case name, with
+            `_by_<group_key>` for per-group rates.
+        proxy: Optional differentiable callable `fn(batch) -> Tensor` for
+            the primal step. Defaults to `None`.
         tolerance: Float. Defaults to `1e-4`.
 """
 
@@ -508,7 +505,7 @@ class PositivePredictionRate(_NamedRate):
 
     ```python
     model.add_constraint(
-        tfc.constraints.PositivePredictionRate(">=", 0.2, group_key="sex"))
+        tfc.constraints.PositivePredictionRate(group_key="sex") >= 0.2)
     ```
 """
         + _SHARED_ARGS
@@ -525,7 +522,7 @@ class TruePositiveRate(_NamedRate):
     Example:
 
     ```python
-    model.add_constraint(tfc.constraints.TruePositiveRate(">=", 0.95))
+    model.add_constraint(tfc.constraints.TruePositiveRate() >= 0.95)
     ```
 """
         + _SHARED_ARGS
@@ -542,7 +539,7 @@ class FalsePositiveRate(_NamedRate):
     Example:
 
     ```python
-    model.add_constraint(tfc.constraints.FalsePositiveRate("<=", 0.05))
+    model.add_constraint(tfc.constraints.FalsePositiveRate() <= 0.05)
     ```
 """
         + _SHARED_ARGS
@@ -563,7 +560,7 @@ class Precision(_NamedRate):
     Example:
 
     ```python
-    model.add_constraint(tfc.constraints.Precision(">=", 0.8))
+    model.add_constraint(tfc.constraints.Precision() >= 0.8)
     ```
 """
         + _SHARED_ARGS
@@ -581,8 +578,8 @@ class ErrorRate(_NamedRate):
 
     ```python
     # Per-group error rate at most 20 %.
-    model.add_constraint(tfc.constraints.ErrorRate(
-        "<=", 0.2, group_key="race", num_groups=5))
+    model.add_constraint(
+        tfc.constraints.ErrorRate(group_key="race", num_groups=5) <= 0.2)
     ```
 """
         + _SHARED_ARGS
@@ -591,4 +588,18 @@ class ErrorRate(_NamedRate):
     RATE = "error_rate"
 
 
-Recall = TruePositiveRate
+@keras.saving.register_keras_serializable(package="tfconstrain")
+class Recall(TruePositiveRate):
+    __doc__ = (
+        """Recall: the true-positive rate `Σ w·ŷ·y / Σ w·y`, named `recall`.
+
+    The same constraint as `TruePositiveRate`, logged as `recall`.
+
+    Example:
+
+    ```python
+    model.add_constraint(tfc.constraints.Recall() >= 0.9)
+    ```
+"""
+        + _SHARED_ARGS
+    )

@@ -23,6 +23,9 @@ import tensorflow as tf
 
 from tfconstrain.batch import Batch
 from tfconstrain.constraint import Constraint
+from tfconstrain.constraint import copying
+from tfconstrain.constraint import default_name
+from tfconstrain.constraint import normalize_kind
 from tfconstrain.layers.registration import no_recording
 
 NORMS = {1: 1, 2: 2, "1": 1, "2": 2, "inf": np.inf, np.inf: np.inf}
@@ -222,44 +225,61 @@ class InputGradientNorm(Constraint):
     Example:
 
     ```python
-    model.add_constraint(tfc.constraints.InputGradientNorm(1.0))
+    model.add_constraint(tfc.constraints.InputGradientNorm() <= 1.0)
+    # Only with respect to the dict input "image":
+    model.add_constraint(
+        tfc.constraints.InputGradientNorm("image", bound=1.0))
     ```
 
     Args:
-        bound: Float. The bound on `c`.
-        kind: String. Defaults to `"<="`.
         inputs: Optional string or list of strings. For dict inputs, the
             inputs to differentiate with respect to. Defaults to every
             floating-point input.
+        kind: String. Defaults to `"<="`.
+        bound: Optional float, the bound on `c`. Defaults to `None`
+            (unbound: state it by comparison, `<= 1.0`).
         output_index: Optional int. Constrain this output column only.
             Defaults to all columns.
         ord: `1`, `2` or `"inf"`. The vector norm. Defaults to `2`.
         power: Float >= 1. The `p` of the power mean. Defaults to `1.0`.
         training: Bool. Mode of the extra forward pass. Defaults to `False`.
         name: String. Defaults to `"input_gradient_norm"`.
+        proxy: Optional differentiable callable for the primal step.
+            Defaults to `None`.
         tolerance: Float >= 0. Defaults to `1e-4`.
     """
 
     def __init__(
         self,
-        bound: float,
-        kind: str = "<=",
-        *,
         inputs: str | Sequence[str] | None = None,
+        *,
+        kind: str = "<=",
+        bound: float | None = None,
         output_index: int | None = None,
         ord: Any = 2,
         power: float = 1.0,
         training: bool = False,
         name: str | None = None,
+        proxy=None,
         tolerance: float = 1e-4,
     ):
         super().__init__(
-            kind,
-            bound,
-            name=name or "input_gradient_norm",
-            tolerance=tolerance,
+            kind=kind, bound=bound, name=name, proxy=proxy, tolerance=tolerance
         )
-        if self.shape != ():
+        if inputs is not None and not (
+            isinstance(inputs, str)
+            or (
+                isinstance(inputs, (list, tuple))
+                and all(isinstance(key, str) for key in inputs)
+            )
+        ):
+            raise TypeError(
+                f"Constraint '{self.name}': `inputs` must be an input name or "
+                f"a list of input names, got {inputs!r}. (The bound is a "
+                "keyword argument: `InputGradientNorm() <= 1.0` or "
+                "`InputGradientNorm(bound=1.0)`.)"
+            )
+        if self.bound is not None and self.shape != ():
             raise ValueError(
                 f"Constraint '{self.name}': the bound must be a scalar, got "
                 f"shape {self.shape}."
@@ -378,37 +398,50 @@ class SpectralNorm(Constraint):
     ```python
     dense = keras.layers.Dense(32, activation="relu")
     ...
-    model.add_constraint(tfc.constraints.SpectralNorm(dense, 1.0))
+    model.add_constraint(tfc.constraints.SpectralNorm(dense) <= 1.0)
+    model.add_constraint(tfc.constraints.SpectralNorm("dense_1", bound=1.0))
     ```
 
     Args:
         layer: A layer, or the name of a layer of the model.
-        bound: Float. The bound on `σ_max`.
         kind: String. Defaults to `"<="`.
+        bound: Optional float, the bound on `σ_max`. Defaults to `None`
+            (unbound: state it by comparison, `<= 1.0`).
         weight: String. The layer attribute holding the weight. Defaults to
             `"kernel"`.
-        name: String. Defaults to `"<layer name>_spectral_norm"`.
+        name: String. Defaults to `"<layer name>_spectral_norm"` (the
+            class's name, qualified by the layer, so that every layer can
+            have its own).
+        proxy: Optional differentiable callable for the primal step.
+            Defaults to `None`.
         tolerance: Float >= 0. Defaults to `1e-4`.
     """
 
     def __init__(
         self,
         layer: keras.layers.Layer | str,
-        bound: float,
-        kind: str = "<=",
         *,
+        kind: str = "<=",
+        bound: float | None = None,
         weight: str = "kernel",
         name: str | None = None,
+        proxy=None,
         tolerance: float = 1e-4,
     ):
+        if not isinstance(layer, (str, keras.layers.Layer)):
+            raise TypeError(
+                f"Constraint '{name or 'spectral_norm'}': `layer` must be a "
+                f"layer or a layer name, got {layer!r}."
+            )
         layer_name = layer if isinstance(layer, str) else layer.name
         super().__init__(
-            kind,
-            bound,
+            kind=kind,
+            bound=bound,
             name=name or f"{layer_name}_spectral_norm",
+            proxy=proxy,
             tolerance=tolerance,
         )
-        if self.shape != ():
+        if self.bound is not None and self.shape != ():
             raise ValueError(
                 f"Constraint '{self.name}': the bound must be a scalar, got "
                 f"shape {self.shape}."
@@ -457,7 +490,10 @@ class SpectralNorm(Constraint):
 
     def get_config(self) -> dict:
         config = super().get_config()
-        config.update({"layer": self.layer_name, "weight": self.weight})
+        layer = self.layer_name
+        if copying() and self._layer is not None:
+            layer = self._layer
+        config.update({"layer": layer, "weight": self.weight})
         return config
 
 
@@ -471,19 +507,21 @@ class Monotonicity(Constraint):
 
         c_j = Σ_i w_i · max(0, −s_j · ∂f(x_i)/∂x_ij) / Σ_i w_i,
 
-    constrained by `c_j <= bound` (`bound = 0`: no example may have a
-    derivative of the wrong sign). It is penalty-free: no coefficient trades
-    monotonicity against the loss; the multiplier grows until the
+    constrained by `c_j <= bound` (`bound = 0`, the default: no example may
+    have a derivative of the wrong sign). It is penalty-free: no coefficient
+    trades monotonicity against the loss; the multiplier grows until the
     restriction holds. With several features the constraint is a vector
-    (one multiplier per feature). The statistics `(Σ w·c, Σ w)` are exact
-    over a dataset.
+    (one multiplier per feature, labelled by `entry_labels`). The
+    statistics `(Σ w·c, Σ w)` are exact over a dataset.
 
     Example:
 
     ```python
+    # Output increasing in column 0 (exactly: bound 0).
+    model.add_constraint(tfc.constraints.Monotonicity(0))
     # Price increases with size (column 0), decreases with age (column 3).
     model.add_constraint(tfc.constraints.Monotonicity(
-        [0, 3], ["increasing", "decreasing"], bound=1e-3))
+        [0, 3], ["increasing", "decreasing"]) <= 1e-3)
     ```
 
     Args:
@@ -492,6 +530,7 @@ class Monotonicity(Constraint):
             name dict inputs with one value per example.
         directions: `"increasing"` / `"decreasing"` (or `+1` / `-1`), one for
             all features or one per feature. Defaults to `"increasing"`.
+        kind: Must be `"<="`. Defaults to `"<="`.
         bound: Float or 1-D array (one per feature), >= 0. Defaults to
             `0.0`.
         input_name: Optional string. For dict inputs, the input holding the
@@ -500,6 +539,8 @@ class Monotonicity(Constraint):
             outputs with several columns).
         training: Bool. Mode of the extra forward pass. Defaults to `False`.
         name: String. Defaults to `"monotonicity"`.
+        proxy: Optional differentiable callable for the primal step.
+            Defaults to `None`.
         tolerance: Float >= 0. Defaults to `1e-4`.
     """
 
@@ -507,15 +548,23 @@ class Monotonicity(Constraint):
         self,
         features: Any,
         directions: Any = "increasing",
-        bound: Any = 0.0,
         *,
+        kind: str = "<=",
+        bound: Any = 0.0,
         input_name: str | None = None,
         output_index: int | None = None,
         training: bool = False,
         name: str | None = None,
+        proxy=None,
         tolerance: float = 1e-4,
     ):
-        label = name or "monotonicity"
+        label = name or default_name(self)
+        if normalize_kind(kind, label) != "<=":
+            raise ValueError(
+                f"Constraint '{label}': monotonicity bounds the mean "
+                f"wrong-sign derivative above; `kind` must be '<=', got "
+                f"{kind!r}."
+            )
         features = _as_list(features)
         if not features:
             raise ValueError(f"Constraint '{label}': no features given.")
@@ -535,19 +584,17 @@ class Monotonicity(Constraint):
                     f"or 'decreasing' (or +1/-1), got {direction!r}."
                 )
             signs.append(DIRECTIONS[direction])
-        bound = np.asarray(bound, dtype=np.float64)
-        if len(features) > 1 and bound.ndim == 0:
+        if bound is not None and np.ndim(bound) == 0 and len(features) > 1:
             bound = np.full(len(features), float(bound))
-        super().__init__("<=", bound, name=label, tolerance=tolerance)
-        if len(features) > 1 and self.shape != (len(features),):
+        super().__init__(
+            kind="<=", bound=bound, name=label, proxy=proxy, tolerance=tolerance
+        )
+        shape = () if len(features) == 1 else (len(features),)
+        if self.bound is not None and self.shape != shape:
             raise ValueError(
                 f"Constraint '{self.name}': the bound must be a scalar or "
                 f"have one entry per feature ({len(features)}), got shape "
                 f"{self.shape}."
-            )
-        if len(features) == 1 and self.shape != ():
-            raise ValueError(
-                f"Constraint '{self.name}': one feature needs a scalar bound."
             )
         self.features = [FeatureRef(f, input_name, self.name) for f in features]
         self.directions = [
@@ -557,6 +604,16 @@ class Monotonicity(Constraint):
         self.input_name = input_name
         self.output_index = output_index
         self.training = bool(training)
+
+    @property
+    def entry_labels(self) -> list[str] | None:
+        """`"<feature> (<direction>)"` per feature (None: one feature)."""
+        if len(self.features) == 1:
+            return None
+        return [
+            f"{ref.feature} ({direction})"
+            for ref, direction in zip(self.features, self.directions)
+        ]
 
     def derivatives(self, batch: Batch) -> tf.Tensor:
         """`∂f(x_i)/∂x_ij` for each example and feature, shape `(n, k)`."""
@@ -596,7 +653,6 @@ class Monotonicity(Constraint):
 
     def get_config(self) -> dict:
         config = super().get_config()
-        del config["kind"]
         config.update(
             {
                 "features": [ref.config() for ref in self.features],

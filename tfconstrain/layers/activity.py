@@ -41,15 +41,15 @@ class ActivityValue(Constraint):
         self,
         layer: keras.layers.Layer,
         fn: Callable,
+        *,
         kind: str,
         bound: Any,
-        *,
         activation_proxy: Callable | None = None,
         per_example: bool = False,
         name: str | None = None,
         tolerance: float = 1e-4,
     ):
-        super().__init__(kind, bound, name=name, tolerance=tolerance)
+        super().__init__(kind=kind, bound=bound, name=name, tolerance=tolerance)
         self.layer = layer
         self.fn = fn
         self.activation_proxy = activation_proxy
@@ -126,7 +126,8 @@ class ActivityConstraint(LayerConstraintMixin, keras.layers.Layer):
     inputs = keras.Input((20,))
     hidden = keras.layers.Dense(32, activation="relu")(inputs)
     hidden = tfc.layers.ActivityConstraint(
-        lambda a: keras.ops.mean(a), "<=", 0.1, name="mean_activation"
+        lambda a: keras.ops.mean(a), kind="<=", bound=0.1,
+        name="mean_activation",
     )(hidden)
     outputs = keras.layers.Dense(1, activation="sigmoid")(hidden)
     model = tfc.ConstrainedModel(inputs, outputs)
@@ -158,9 +159,9 @@ class ActivityConstraint(LayerConstraintMixin, keras.layers.Layer):
     def __init__(
         self,
         fn: Callable,
+        *,
         kind: str,
         bound: Any,
-        *,
         proxy: Callable | None = None,
         per_example: bool = False,
         multiplier_init: Any = 0.0,
@@ -189,8 +190,8 @@ class ActivityConstraint(LayerConstraintMixin, keras.layers.Layer):
             ActivityValue(
                 self,
                 fn,
-                kind,
-                bound,
+                kind=kind,
+                bound=bound,
                 activation_proxy=proxy,
                 per_example=per_example,
                 name=label,

@@ -72,14 +72,14 @@ class L0Density(Constraint):
     def __init__(
         self,
         layer: keras.layers.Layer,
+        *,
         kind: str,
         bound: Any,
-        *,
         measure: str = "inference",
         name: str | None = None,
         tolerance: float = 1e-4,
     ):
-        super().__init__(kind, bound, name=name, tolerance=tolerance)
+        super().__init__(kind=kind, bound=bound, name=name, tolerance=tolerance)
         if self.shape != () or not 0.0 <= float(self.bound) <= 1.0:
             raise ValueError(
                 f"Constraint '{self.name}': the target density must be a "
@@ -167,8 +167,8 @@ class HardConcreteGatesMixin(LayerConstraintMixin):
             self.density_constraint = self.add_constraint(
                 L0Density(
                     self,
-                    density_kind,
-                    self.target_density,
+                    kind=density_kind,
+                    bound=self.target_density,
                     measure=density_measure,
                     name=f"{self.name}_density",
                     tolerance=self.density_tolerance,

@@ -92,16 +92,21 @@ def add_layer_constraint(
 
     Raises:
         TypeError: if `constraint` is neither callable nor a `Constraint`.
-        ValueError: if `kind` is missing for a callable, or the layer already
-            owns a constraint of the same name.
+        ValueError: if the constraint has no kind or no bound (given here,
+            or by the `Constraint` itself), or the layer already owns a
+            constraint of the same name.
     """
     if isinstance(constraint, Constraint):
-        overrides = {"kind": kind, "bound": bound, "name": name}
+        overrides = {
+            "kind": kind,
+            "bound": bound,
+            "name": name,
+            "tolerance": tolerance,
+            "proxy": proxy,
+        }
         overrides = {k: v for k, v in overrides.items() if v is not None}
-        if tolerance is not None:
-            overrides["tolerance"] = tolerance
-        if overrides or proxy is not None:
-            constraint = _with_overrides(constraint, overrides, proxy)
+        if overrides:
+            constraint = constraint.copy(**overrides)
     else:
         label = name or f"{layer.name}_{default_name(constraint)}"
         if not callable(constraint):
@@ -123,6 +128,7 @@ def add_layer_constraint(
             proxy=proxy,
             tolerance=1e-4 if tolerance is None else tolerance,
         )
+    constraint.require_bound()
     registered = layer.__dict__.setdefault(_CONSTRAINTS, [])
     if any(c.name == constraint.name for c, _ in registered):
         raise ValueError(
@@ -131,18 +137,6 @@ def add_layer_constraint(
         )
     registered.append((constraint, multiplier_init))
     return constraint
-
-
-def _with_overrides(
-    constraint: Constraint, overrides: dict, proxy: Callable | None
-) -> Constraint:
-    """A copy of `constraint` with other constructor arguments."""
-    config = constraint.get_config()
-    config.update(overrides)
-    copy = type(constraint).from_config(config)
-    if proxy is not None:
-        copy.proxy = proxy
-    return copy
 
 
 def registered_constraints(layer: keras.layers.Layer) -> list[Constraint]:
