@@ -100,7 +100,13 @@ def test_units_with_zero_gates_output_zero_at_inference():
     assert np.all(outputs[:, 1] > 0.0)
 
 
-@pytest.mark.parametrize("data_format", ["channels_last", "channels_first"])
+@pytest.mark.parametrize(
+    "data_format",
+    [
+        "channels_last",
+        pytest.param("channels_first", marks=pytest.mark.requires_nchw_conv),
+    ],
+)
 def test_conv_gates_scale_whole_filters(data_format):
     layer = L0Conv2D(3, 2, data_format=data_format, use_bias=False)
     shape = (2, 5, 5, 2) if data_format == "channels_last" else (2, 2, 5, 5)
