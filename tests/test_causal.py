@@ -25,7 +25,7 @@ def _linear_model(kernel, bias):
 
 def test_flipping_a_binary_feature_changes_linear_model_by_its_weight():
     model = _linear_model([[0.5], [-1.5], [2.0]], [0.3])
-    model.add_constraint(CounterfactualInvariance(1, 0.1))
+    model.add_constraint(CounterfactualInvariance(1, bound=0.1))
     model.compile(loss="mse")
     rng = np.random.RandomState(0)
     x = rng.randn(30, 3).astype(np.float32)
@@ -44,7 +44,7 @@ def test_setting_a_feature_to_several_values_averages_the_changes():
     kernel = np.array([[1.0, 0.0], [0.0, 1.0], [2.0, -4.0]])
     model = _linear_model(kernel, [0.0, 0.0])
     model.add_constraint(
-        CounterfactualInvariance(2, 0.1, intervention=[-1.0, 2.0])
+        CounterfactualInvariance(2, bound=0.1, intervention=[-1.0, 2.0])
     )
     model.compile(loss="mse")
     rng = np.random.RandomState(1)
@@ -73,7 +73,7 @@ def test_named_dict_input_and_whole_input_intervention():
     model = tfc.ConstrainedModel({"group": group, "z": rest}, dense(merged))
     dense.set_weights([np.array([[0.7], [1.0], [-1.0]], np.float32)])
     model.add_constraint(
-        CounterfactualInvariance("group", 0.1, name="flip_group")
+        CounterfactualInvariance("group", bound=0.1, name="flip_group")
     )
 
     @keras.saving.register_keras_serializable(package="test_causal")
@@ -81,7 +81,9 @@ def test_named_dict_input_and_whole_input_intervention():
         return {"group": x["group"], "z": tf.reverse(x["z"], axis=[1])}
 
     model.add_constraint(
-        CounterfactualInvariance(None, 0.1, intervention=swap_z, name="swap_z")
+        CounterfactualInvariance(
+            None, bound=0.1, intervention=swap_z, name="swap_z"
+        )
     )
     model.compile(loss="mse")
     rng = np.random.RandomState(2)
@@ -151,7 +153,7 @@ def test_counterfactual_invariance_holds_on_held_out_data():
     constrained = _train_classifier(
         x_train,
         y_train,
-        CounterfactualInvariance(2, bound / 2),
+        CounterfactualInvariance(2) <= bound / 2,
         formulation=tfc.AugmentedLagrangian(penalty=20.0),
         dual_optimizer=1.0,
     )
@@ -167,11 +169,13 @@ def test_counterfactual_invariance_holds_on_held_out_data():
 
 def test_counterfactual_invariance_round_trips_through_config():
     for constraint in (
-        CounterfactualInvariance(3, 0.05, name="flip"),
+        CounterfactualInvariance(3, bound=0.05, name="flip"),
         CounterfactualInvariance(
-            "group", 0.05, intervention=[0.0, 1.0], output_index=1
+            "group", bound=0.05, intervention=[0.0, 1.0], output_index=1
         ),
-        CounterfactualInvariance(0, 0.05, intervention=2.5, input_name="x"),
+        CounterfactualInvariance(
+            0, bound=0.05, intervention=2.5, input_name="x"
+        ),
     ):
         restored = keras.saving.deserialize_keras_object(
             keras.saving.serialize_keras_object(constraint)
@@ -182,10 +186,10 @@ def test_counterfactual_invariance_round_trips_through_config():
 
 def test_counterfactual_invariance_rejects_bad_arguments():
     with pytest.raises(ValueError, match="'cf'.*intervention"):
-        CounterfactualInvariance(0, 0.1, intervention="swap", name="cf")
+        CounterfactualInvariance(0, bound=0.1, intervention="swap", name="cf")
     with pytest.raises(ValueError, match="'cf'.*callable"):
-        CounterfactualInvariance(None, 0.1, name="cf")
+        CounterfactualInvariance(None, bound=0.1, name="cf")
     with pytest.raises(ValueError, match="'cf'.*>= 0"):
-        CounterfactualInvariance(0, -0.1, name="cf")
+        CounterfactualInvariance(0, bound=-0.1, name="cf")
     with pytest.raises(TypeError, match="'cf'.*feature"):
-        CounterfactualInvariance(1.5, 0.1, name="cf")
+        CounterfactualInvariance(1.5, bound=0.1, name="cf")

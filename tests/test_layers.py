@@ -26,9 +26,9 @@ def row_sums(activations):
 def _activity_model(fn=mean_activation, bound=0.05, **kwargs):
     inputs = keras.Input((3,))
     hidden = keras.layers.Dense(4, activation="relu", name="hidden")(inputs)
-    hidden = ActivityConstraint(fn, "<=", bound, name="activity", **kwargs)(
-        hidden
-    )
+    hidden = ActivityConstraint(
+        fn, kind="<=", bound=bound, name="activity", **kwargs
+    )(hidden)
     outputs = keras.layers.Dense(1)(hidden)
     return tfc.ConstrainedModel(inputs, outputs)
 
@@ -105,7 +105,7 @@ def test_add_layer_constraint_rejects_bad_input():
 
 # -------------------------------------------------------------- activity
 def test_activity_constraint_is_an_identity_layer():
-    layer = ActivityConstraint(mean_activation, "<=", 1.0)
+    layer = ActivityConstraint(mean_activation, kind="<=", bound=1.0)
     x = np.random.RandomState(0).randn(4, 3).astype(np.float32)
     np.testing.assert_array_equal(keras.ops.convert_to_numpy(layer(x)), x)
     assert layer.compute_output_shape((None, 3)) == (None, 3)
@@ -151,9 +151,9 @@ def test_activity_constraint_on_outputs_reaches_kkt_point():
     y = (x @ np.array([[1.0], [-2.0]]) + 3.0).astype(np.float32)
     inputs = keras.Input((2,))
     dense = keras.layers.Dense(1)
-    outputs = ActivityConstraint(mean_activation, "<=", 1.0, name="mean")(
-        dense(inputs)
-    )
+    outputs = ActivityConstraint(
+        mean_activation, kind="<=", bound=1.0, name="mean"
+    )(dense(inputs))
     model = tfc.ConstrainedModel(inputs, outputs)
     model.compile(keras.optimizers.SGD(0.1), "mse", dual_optimizer=0.5)
     model.fit(
@@ -192,7 +192,9 @@ def test_activity_records_survive_extra_forward_passes_of_other_constraints():
     # The counterfactual constraint calls the model on intervened inputs;
     # the activity constraint must still see the batch's own activations.
     model = _activity_model()
-    model.add_constraint(CounterfactualInvariance(0, 1.0, intervention=10.0))
+    model.add_constraint(
+        CounterfactualInvariance(0, bound=1.0, intervention=10.0)
+    )
     model.compile(loss="mse")
     x = np.random.RandomState(5).randn(40, 3).astype(np.float32)
     expected = float(np.mean(_hidden_activations(model, x)))
@@ -217,7 +219,9 @@ def test_activity_constraint_on_two_replicas_matches_direct_computation(
 
 
 def test_recorded_value_of_a_layer_outside_the_model_raises():
-    stray = ActivityConstraint(mean_activation, "<=", 1.0, name="stray")
+    stray = ActivityConstraint(
+        mean_activation, kind="<=", bound=1.0, name="stray"
+    )
     inputs = keras.Input((3,))
     model = tfc.ConstrainedModel(inputs, keras.layers.Dense(1)(inputs))
     model.add_constraint(stray.constraint)
@@ -229,8 +233,8 @@ def test_recorded_value_of_a_layer_outside_the_model_raises():
 def test_activity_constraint_round_trips_through_config_and_saving(tmp_path):
     layer = ActivityConstraint(
         row_sums,
-        ">=",
-        0.5,
+        kind=">=",
+        bound=0.5,
         per_example=True,
         multiplier_init=0.25,
         tolerance=1e-3,

@@ -24,12 +24,9 @@ def moons_model(num_samples):
     model = tfc.ConstrainedModel(inputs, outputs)
     model.add_constraint(
         PerSampleConstraint(
-            per_example_loss,
-            "<=",
-            EPSILON,
-            num_samples=num_samples,
-            name="each",
+            per_example_loss, num_samples=num_samples, name="each"
         )
+        <= EPSILON
     )
     return model
 
@@ -155,9 +152,11 @@ def test_per_sample_under_mirrored_strategy_matches_single_device(mirrored):
 
 def test_bad_per_sample_arguments():
     with pytest.raises(ValueError, match="num_samples"):
-        PerSampleConstraint(per_example_loss, "<=", 0.1, num_samples=0)
+        PerSampleConstraint(
+            per_example_loss, num_samples=0, kind="<=", bound=0.1
+        )
     with pytest.raises(ValueError, match="one float"):
-        PerSampleConstraint(per_example_loss, "<=", [0.1, 0.2], num_samples=2)
+        PerSampleConstraint(per_example_loss, num_samples=2) <= [0.1, 0.2]
 
 
 def test_nupi_touches_only_the_batch_entries_and_their_state():
@@ -230,7 +229,7 @@ def test_augmented_lagrangian_weight_uses_each_example_violation():
     epsilon, penalty, lr = 4.0, 3.0, 0.01
     model.add_constraint(
         PerSampleConstraint(
-            squared_error, "<=", epsilon, num_samples=4, name="each"
+            squared_error, num_samples=4, kind="<=", bound=epsilon, name="each"
         )
     )
     model.compile(
@@ -262,7 +261,7 @@ def registered_example_loss(batch):
 
 def test_config_round_trip():
     constraint = PerSampleConstraint(
-        registered_example_loss, ">=", 0.2, num_samples=7, id_key="i"
+        registered_example_loss, num_samples=7, kind=">=", bound=0.2, id_key="i"
     )
     restored = PerSampleConstraint.from_config(constraint.get_config())
     assert restored.fn is registered_example_loss

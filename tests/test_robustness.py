@@ -43,7 +43,7 @@ def _full_batch(x, y):
 )
 def test_input_gradient_norm_of_linear_model_is_kernel_norm(order, expected):
     model, _ = _linear_model([[3.0], [-2.0], [1.0]], bias=[0.5])
-    model.add_constraint(InputGradientNorm(1.0, ord=order))
+    model.add_constraint(InputGradientNorm(bound=1.0, ord=order))
     model.compile(loss="mse")
     x = np.random.RandomState(0).randn(37, 3).astype(np.float32)
     report = model.constraint_report((x, np.zeros((37, 1))), batch_size=8)
@@ -55,8 +55,10 @@ def test_input_gradient_norm_of_linear_model_is_kernel_norm(order, expected):
 def test_input_gradient_norm_of_several_outputs_is_frobenius_norm():
     kernel = np.array([[1.0, 2.0], [0.0, -2.0], [4.0, 1.0]])
     model, _ = _linear_model(kernel)
-    model.add_constraint(InputGradientNorm(1.0, name="all"))
-    model.add_constraint(InputGradientNorm(1.0, output_index=1, name="one"))
+    model.add_constraint(InputGradientNorm(bound=1.0, name="all"))
+    model.add_constraint(
+        InputGradientNorm(bound=1.0, output_index=1, name="one")
+    )
     model.compile(loss="mse")
     x = np.ones((5, 3), np.float32)
     report = model.constraint_report((x, np.zeros((5, 2))))
@@ -68,7 +70,7 @@ def test_input_gradient_power_mean_matches_per_example_jacobians():
     inputs = keras.Input((4,))
     hidden = keras.layers.Dense(8, activation="tanh")(inputs)
     model = tfc.ConstrainedModel(inputs, keras.layers.Dense(1)(hidden))
-    model.add_constraint(InputGradientNorm(1.0, power=2.0))
+    model.add_constraint(InputGradientNorm(bound=1.0, power=2.0))
     model.compile(loss="mse")
     rng = np.random.RandomState(1)
     x = rng.randn(50, 4).astype(np.float32)
@@ -96,7 +98,7 @@ def test_input_gradient_bound_gives_projection_onto_ball_and_kkt_multiplier():
     bound = 1.0
     x = _orthonormal_design(64, 3)
     model, dense = _linear_model(np.zeros((3, 1)))
-    model.add_constraint(InputGradientNorm(bound))
+    model.add_constraint(InputGradientNorm() <= bound)
     model.compile(
         optimizer=keras.optimizers.SGD(0.05), loss="mse", dual_optimizer=0.5
     )
@@ -120,8 +122,8 @@ def test_input_gradient_norm_of_dict_inputs_selects_named_inputs():
     dense = keras.layers.Dense(1, use_bias=False)
     model = tfc.ConstrainedModel({"a": first, "b": second}, dense(merged))
     dense.set_weights([np.array([[3.0], [4.0], [12.0]], np.float32)])
-    model.add_constraint(InputGradientNorm(1.0, name="both"))
-    model.add_constraint(InputGradientNorm(1.0, inputs="a", name="only_a"))
+    model.add_constraint(InputGradientNorm(bound=1.0, name="both"))
+    model.add_constraint(InputGradientNorm("a", bound=1.0, name="only_a"))
     model.compile(loss="mse")
     x = {"a": np.ones((6, 2), np.float32), "b": np.ones((6, 1), np.float32)}
     report = model.constraint_report((x, np.zeros((6, 1))))
@@ -133,7 +135,7 @@ def test_input_gradient_norm_of_dict_inputs_selects_named_inputs():
 def test_spectral_norm_value_and_gradient_are_leading_singular_pair():
     kernel = np.random.RandomState(2).randn(5, 3).astype(np.float32)
     model, dense = _linear_model(kernel)
-    constraint = SpectralNorm(dense, 1.0)
+    constraint = SpectralNorm(dense) <= 1.0
     batch = tfc.Batch(x=np.zeros((1, 5), np.float32), model=model)
     with tf.GradientTape() as tape:
         value = constraint.call(batch)
@@ -156,7 +158,7 @@ def test_spectral_norm_bound_clips_top_singular_value():
     bound = 2.0
     x = _orthonormal_design(64, 4, seed=4)
     model, dense = _linear_model(np.zeros((4, 3)))
-    model.add_constraint(SpectralNorm(dense, bound, name="sn"))
+    model.add_constraint(SpectralNorm(dense, bound=bound, name="sn"))
     model.compile(
         optimizer=keras.optimizers.SGD(0.3), loss="mse", dual_optimizer=0.3
     )
@@ -172,7 +174,7 @@ def test_spectral_norm_of_conv_kernel_uses_reshaped_matrix():
     inputs = keras.Input((6, 6, 2))
     conv = keras.layers.Conv2D(3, 3, name="conv")
     model = tfc.ConstrainedModel(inputs, conv(inputs))
-    model.add_constraint(SpectralNorm("conv", 1.0))
+    model.add_constraint(SpectralNorm("conv") <= 1.0)
     model.compile(loss="mse")
     x = np.zeros((2, 6, 6, 2), np.float32)
     report = model.constraint_report((x, np.zeros((2, 4, 4, 3))))
@@ -189,7 +191,7 @@ def test_monotonicity_value_is_mean_negative_part_of_partial_derivatives():
     # 2 decreasing (derivative 0.5: violation 0.5).
     model, _ = _linear_model([[2.0], [-3.0], [0.5]], bias=[1.0])
     model.add_constraint(
-        Monotonicity([0, 1, 2], ["increasing", "increasing", "decreasing"], 0.0)
+        Monotonicity([0, 1, 2], ["increasing", "increasing", "decreasing"])
     )
     model.compile(loss="mse")
     x = np.random.RandomState(5).randn(20, 3).astype(np.float32)
@@ -268,7 +270,7 @@ def test_monotonicity_holds_on_held_out_data_where_unconstrained_fit_violates():
     constrained = _train_regressor(
         x_train,
         y_train,
-        Monotonicity(0, "increasing", bound / 2),
+        Monotonicity(0, "increasing") <= bound / 2,
         dual_optimizer=1.0,
     )
     measured = _finite_difference_violation(constrained, x_test)
@@ -282,10 +284,10 @@ def test_monotonicity_holds_on_held_out_data_where_unconstrained_fit_violates():
     "constraint",
     [
         InputGradientNorm(
-            2.0, ord="inf", power=3.0, output_index=0, name="grad"
+            bound=2.0, ord="inf", power=3.0, output_index=0, name="grad"
         ),
-        SpectralNorm("dense", 1.5, weight="kernel", name="spectral"),
-        Monotonicity([0, 1], ["increasing", -1], [0.0, 0.1], name="mono"),
+        SpectralNorm("dense", bound=1.5, weight="kernel", name="spectral"),
+        Monotonicity([0, 1], ["increasing", -1], bound=[0.0, 0.1], name="mono"),
     ],
     ids=["input_gradient", "spectral", "monotonicity"],
 )
@@ -299,8 +301,8 @@ def test_robustness_constraints_round_trip_through_config(constraint):
 
 def test_model_with_robustness_constraints_saves_and_loads(tmp_path):
     model, _ = _linear_model([[1.0], [2.0]], bias=[0.0])
-    model.add_constraint(InputGradientNorm(1.0))
-    model.add_constraint(Monotonicity(1, "decreasing", 0.0))
+    model.add_constraint(InputGradientNorm() <= 1.0)
+    model.add_constraint(Monotonicity(1, "decreasing"))
     model.compile(loss="mse", dual_optimizer=0.1)
     x = np.ones((8, 2), np.float32)
     model.fit(x, np.zeros((8, 1)), epochs=1, verbose=0)
@@ -331,7 +333,7 @@ def test_input_gradient_norm_is_the_same_on_two_replicas(mirrored):
             inputs = keras.Input((3,))
             hidden = keras.layers.Dense(4, activation="tanh")(inputs)
             model = tfc.ConstrainedModel(inputs, keras.layers.Dense(1)(hidden))
-            model.add_constraint(InputGradientNorm(0.1))
+            model.add_constraint(InputGradientNorm(bound=0.1))
             model.compile(keras.optimizers.SGD(0.1), "mse", dual_optimizer=1.0)
         model.fit(x, x[:, :1], batch_size=16, epochs=2, verbose=0)
         values.append(model.evaluate(x, x[:, :1], return_dict=True, verbose=0))
