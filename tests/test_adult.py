@@ -217,7 +217,7 @@ def test_constrained_mlp_meets_the_gap_at_a_small_accuracy_cost(
     assert unconstrained["test"][name] > unconstrained_gap
 
     model = _mlp(data)
-    model.add_constraint(constraint_class("sex", BOUND))
+    model.add_constraint(constraint_class("sex") <= BOUND)
     model.compile(
         optimizer=_optimizer(data),
         loss="binary_crossentropy",

@@ -193,3 +193,20 @@ def test_counterfactual_invariance_rejects_bad_arguments():
         CounterfactualInvariance(0, bound=-0.1, name="cf")
     with pytest.raises(TypeError, match="'cf'.*feature"):
         CounterfactualInvariance(1.5, bound=0.1, name="cf")
+
+
+def test_counterfactual_invariance_by_comparison_and_no_positional_bound():
+    stated = CounterfactualInvariance(2, intervention=[0.0, 1.0]) <= 0.1
+    assert (
+        stated.get_config()
+        == (
+            CounterfactualInvariance(2, intervention=[0.0, 1.0], bound=0.1)
+        ).get_config()
+    )
+    assert stated.name == "counterfactual_invariance"
+    # The old form `CounterfactualInvariance(1, 0.1)` must not silently read
+    # 0.1 as the intervention value.
+    with pytest.raises(TypeError, match="positional"):
+        CounterfactualInvariance(1, 0.1)
+    with pytest.raises(ValueError, match="'cf'.*'<='"):
+        CounterfactualInvariance(1, name="cf") >= 0.1  # noqa: B015

@@ -358,3 +358,145 @@ def test_log_of_a_satisfied_gap_constraint_is_the_largest_gap():
     )
     assert logs["demographic_parity"] == pytest.approx(0.5)
     assert logs["demographic_parity_violation"] == 0.0
+
+
+# ------------------------------------------------- group ids, labels, names
+def test_gap_stated_by_comparison_equals_the_keyword_form():
+    stated = tfc.constraints.DemographicParity("sex", num_groups=3) <= 0.05
+    keywords = tfc.constraints.DemographicParity(
+        "sex", num_groups=3, kind="<=", bound=0.05
+    )
+    assert stated.get_config() == keywords.get_config()
+    assert stated.name == "demographic_parity"
+    assert tfc.constraints.RateGap("g").name == "rate_gap"
+    assert tfc.constraints.GroupLoss("g").name == "group_loss"
+    with pytest.raises(ValueError, match="'demographic_parity' is unbound"):
+        _identity_model([tfc.constraints.DemographicParity("g")])
+    with pytest.raises(TypeError, match="DemographicParity.*keyword"):
+        tfc.constraints.DemographicParity("sex", 0.05)
+    with pytest.raises(TypeError, match="'rate_gap'.*rate names"):
+        tfc.constraints.RateGap("sex", 0.05)
+
+
+def test_string_group_ids_with_group_names_equal_integer_ids():
+    p, y, g, w = _data(seed=6, n=40)
+    names = np.array(["a", "b", "c"], dtype=object)
+    by_int = tfc.constraints.EqualizedOdds("g", num_groups=GROUPS) <= 0.1
+    by_str = (
+        tfc.constraints.EqualizedOdds("g", group_names=["a", "b", "c"]) <= 0.1
+    )
+    np.testing.assert_array_equal(
+        by_str.true_value(_batch(p, y, names[g])),
+        by_int.true_value(_batch(p, y, g)),
+    )
+    loss_int = tfc.constraints.GroupLoss("g", num_groups=GROUPS) <= 1.0
+    loss_str = tfc.constraints.GroupLoss("g", group_names=names) <= 1.0
+    np.testing.assert_allclose(
+        loss_str.call(_batch(p, y, names[g])), loss_int.call(_batch(p, y, g))
+    )
+    # Through a model: the report's gap is the same as with integer ids.
+    x = {"score": p, "g": names[g]}
+    report = _identity_model([by_str]).constraint_report((x, y), batch_size=8)
+    expected = _identity_model([by_int]).constraint_report(
+        ({"score": p, "g": g}, y), batch_size=8
+    )
+    np.testing.assert_allclose(
+        report["equalized_odds"]["value"], expected["equalized_odds"]["value"]
+    )
+
+
+def test_string_group_ids_without_names_raise_naming_the_constraint():
+    p, y, _, _ = _data(n=4)
+    constraint = tfc.constraints.DemographicParity("sex", name="dp") <= 0.1
+    batch = Batch(
+        x=None,
+        y=tf.constant(y),
+        y_pred=tf.constant(p),
+        features={"sex": tf.constant(["f", "m", "f", "m"])},
+    )
+    with pytest.raises(ValueError, match="'dp'.*strings.*group_names"):
+        constraint.statistics(batch)
+
+
+@pytest.mark.parametrize(
+    "constraint",
+    [
+        tfc.constraints.DemographicParity("g", name="dp") <= 0.1,
+        tfc.constraints.GroupLoss("g", name="dp") <= 1.0,
+        tfc.constraints.ErrorRate(group_key="g", name="dp") <= 0.3,
+    ],
+    ids=["gap", "group_loss", "per_group_rate"],
+)
+def test_group_ids_outside_the_groups_fail_naming_constraint_and_ids(
+    constraint,
+):
+    # Groups coded 1/2 where 0/1 is expected: without the check, every
+    # example of group 2 would be in no group and the constraint vacuous.
+    p = np.array([[0.9], [0.2], [0.7], [0.6]], "float32")
+    y = np.ones((4, 1), "float32")
+    model = _identity_model([constraint])
+    x = {"score": p, "g": np.array([1, 2, 1, 2], "int32")}
+    with pytest.raises(
+        tf.errors.InvalidArgumentError,
+        match="(?s)Constraint dp:.*0..1.*\\[2 2\\]",
+    ):
+        model.evaluate(x, y, verbose=0)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="Constraint dp:"):
+        model.fit(x, y, verbose=0)
+
+
+def test_unknown_string_group_id_fails_naming_it():
+    constraint = (
+        tfc.constraints.DemographicParity("g", group_names=["f", "m"]) <= 0.1
+    )
+    batch = Batch(
+        x=None,
+        y=None,
+        y_pred=tf.constant([[0.3], [0.6]]),
+        features={"g": tf.constant(["f", "x"])},
+    )
+    with pytest.raises(
+        tf.errors.InvalidArgumentError,
+        match="(?s)Constraint demographic_parity:.*\\[f, m\\].*x",
+    ):
+        constraint.statistics(batch)
+
+
+def test_entry_labels_use_group_names():
+    gap = tfc.constraints.EqualOpportunity("sex", group_names=["f", "m"])
+    assert gap.entry_labels == [
+        "true_positive_rate: sex=f - sex=m",
+        "true_positive_rate: sex=m - sex=f",
+    ]
+    loss = tfc.constraints.GroupLoss("race", num_groups=3)
+    assert loss.entry_labels == ["race=0", "race=1", "race=2"]
+    with pytest.raises(ValueError, match="'dp'.*3 `group_names`.*2"):
+        tfc.constraints.DemographicParity(
+            "sex", num_groups=2, group_names=["a", "b", "c"], name="dp"
+        )
+
+
+def test_empty_groups_over_summed_statistics():
+    # Three groups; group 2 never appears, group 1 has no positive label.
+    p = np.array([[0.9], [0.2], [0.7], [0.6]], "float32")
+    y = np.array([[1.0], [1.0], [0.0], [0.0]], "float32")
+    g = np.array([0, 0, 1, 1], "int32")
+    batches = [_batch(p[:2], y[:2], g[:2]), _batch(p[2:], y[2:], g[2:])]
+
+    def epoch_totals(constraint):
+        sums = [constraint.statistics(batch) for batch in batches]
+        return [tf.add_n(list(parts)) for parts in zip(*sums)]
+
+    parity = tfc.constraints.DemographicParity("g", num_groups=3) <= 0.1
+    opportunity = tfc.constraints.EqualOpportunity("g", num_groups=3) <= 0.1
+    loss = tfc.constraints.GroupLoss("g", num_groups=3) <= 1.0
+    np.testing.assert_array_equal(
+        parity.empty_groups(epoch_totals(parity)), [False, False, True]
+    )
+    # Group 1 has examples, but no positive example: no true-positive rate.
+    np.testing.assert_array_equal(
+        opportunity.empty_groups(epoch_totals(opportunity)), [False, True, True]
+    )
+    np.testing.assert_array_equal(
+        loss.empty_groups(epoch_totals(loss)), [False, False, True]
+    )

@@ -259,3 +259,17 @@ def test_activity_constraint_round_trips_through_config_and_saving(tmp_path):
     np.testing.assert_allclose(
         loaded.predict(x, verbose=0), model.predict(x, verbose=0), rtol=1e-6
     )
+
+
+def test_layer_constraints_need_a_kind_and_a_bound():
+    layer = keras.layers.Dense(2, name="proj")
+    with pytest.raises(ValueError, match="'recall' is unbound"):
+        add_layer_constraint(layer, tfc.constraints.Recall())
+    added = add_layer_constraint(layer, tfc.constraints.Recall(), ">=", 0.9)
+    assert added.name == "recall" and added.kind == ">="
+    stated = add_layer_constraint(layer, tfc.constraints.Precision() >= 0.5)
+    assert stated.name == "precision" and float(stated.bound) == 0.5
+    with pytest.raises(TypeError, match="kind"):
+        ActivityConstraint(mean_activation, bound=1.0)
+    with pytest.raises(TypeError, match="positional"):
+        ActivityConstraint(mean_activation, "<=", 1.0)

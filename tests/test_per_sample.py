@@ -156,7 +156,7 @@ def test_bad_per_sample_arguments():
             per_example_loss, num_samples=0, kind="<=", bound=0.1
         )
     with pytest.raises(ValueError, match="one float"):
-        PerSampleConstraint(per_example_loss, num_samples=2) <= [0.1, 0.2]
+        PerSampleConstraint(per_example_loss, num_samples=2) <= [0.1, 0.2]  # noqa: B015
 
 
 def test_nupi_touches_only_the_batch_entries_and_their_state():
@@ -268,3 +268,19 @@ def test_config_round_trip():
     assert restored.kind == ">=" and restored.num_samples == 7
     assert restored.id_key == "i" and restored.bound.shape == (7,)
     np.testing.assert_allclose(restored.bound, 0.2)
+
+
+def test_per_sample_by_comparison_keeps_the_function_and_names_it():
+    def margin(batch):
+        return tf.reshape(batch.y_pred, [-1])
+
+    anonymous = lambda batch: tf.reshape(batch.y_pred, [-1])  # noqa: E731
+    stated = PerSampleConstraint(anonymous, num_samples=3) >= 0.5
+    # A lambda cannot be serialized; the copy made by the comparison keeps it.
+    assert stated.fn is anonymous
+    assert stated.name == "per_sample_constraint"
+    assert stated.kind == ">=" and stated.scalar_bound == 0.5
+    np.testing.assert_allclose(stated.bound, [0.5, 0.5, 0.5])
+    assert (PerSampleConstraint(margin, num_samples=3) <= 1.0).name == "margin"
+    with pytest.raises(TypeError, match="positional"):
+        PerSampleConstraint(margin, "<=", 0.1, num_samples=3)

@@ -136,3 +136,36 @@ def test_report_satisfied_iff_violation_within_tolerance(kind, bound, steps):
     )
     if kind != "==":
         assert entry["multiplier"] >= 0
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    st.sampled_from(["<=", ">="]),
+    st.integers(0, 4).flatmap(
+        lambda size: FLOATS if size == 0 else vectors(size)
+    ),
+    st.booleans(),
+)
+def test_comparison_equals_keyword_kind_and_bound(kind, bound, reflected):
+    """`c <= b`, `b >= c` and `C(kind="<=", bound=b)` are one constraint."""
+
+    class MeanPrediction(tfc.Constraint):
+        def call(self, batch):
+            return keras.ops.mean(batch.y_pred)
+
+    unbound = MeanPrediction()
+    if reflected:  # `b >= c` is `c <= b`: numpy defers to the constraint.
+        right = np.asarray(bound, np.float32)
+        stated = right >= unbound if kind == "<=" else right <= unbound
+    else:
+        stated = unbound <= bound if kind == "<=" else unbound >= bound
+    keywords = MeanPrediction(kind=kind, bound=bound)
+    assert type(stated) is MeanPrediction
+    assert stated.name == keywords.name == "mean_prediction"
+    assert stated.kind == keywords.kind == kind
+    np.testing.assert_array_equal(stated.bound, keywords.bound)
+    assert not unbound.is_bound
+    value = tf.constant(np.zeros_like(keywords.bound))
+    np.testing.assert_array_equal(
+        stated.violation(value), keywords.violation(value)
+    )

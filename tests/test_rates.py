@@ -388,3 +388,102 @@ def test_missing_group_key_error_names_the_constraint():
     )
     with pytest.raises(KeyError, match="'err'.*'sex'"):
         model.evaluate({"score": p}, y, verbose=0)
+
+
+# ------------------------------------------------- one constraint convention
+def test_comparison_states_kind_and_bound_like_the_keywords():
+    by_keywords = tfc.constraints.Recall(kind=">=", bound=0.9)
+    unbound = tfc.constraints.Recall()
+    for stated in (unbound >= 0.9, 0.9 <= unbound, np.float32(0.9) <= unbound):
+        assert type(stated) is tfc.constraints.Recall
+        assert stated.get_config() == by_keywords.get_config()
+    # The comparison returns a copy; the original stays unbound.
+    assert not unbound.is_bound and unbound.kind is None
+    grouped = tfc.constraints.Rate("fpr", group_key="g", num_groups=3)
+    stated = np.array([0.1, 0.2, 0.3]) >= grouped  # i.e. grouped <= [...]
+    assert stated.kind == "<="
+    np.testing.assert_allclose(stated.bound, [0.1, 0.2, 0.3])
+    np.testing.assert_allclose((grouped <= 0.1).bound, [0.1, 0.1, 0.1])
+    # `==` keeps Python's meaning.
+    assert (unbound == unbound) is True
+    assert (unbound == tfc.constraints.Recall()) is False
+
+
+def test_strict_and_chained_comparisons_raise_naming_the_constraint():
+    recall = tfc.constraints.Recall()
+    with pytest.raises(TypeError, match="'recall'.*strict"):
+        recall < 0.9  # noqa: B015
+    with pytest.raises(TypeError, match="'recall'.*strict"):
+        recall > 0.9  # noqa: B015
+    # Python would reduce `0.1 <= c <= 0.9` to `c <= 0.9`, dropping a bound.
+    with pytest.raises(TypeError, match="'recall'.*chained"):
+        0.1 <= recall <= 0.9  # noqa: B015
+    with pytest.raises(TypeError, match="'recall'.*not with the constraint"):
+        recall <= tfc.constraints.Precision()  # noqa: B015
+
+
+def test_constraints_are_named_after_their_class_or_rate():
+    names = {
+        tfc.constraints.Recall(): "recall",
+        tfc.constraints.TruePositiveRate(): "true_positive_rate",
+        tfc.constraints.PositivePredictionRate(): "positive_prediction_rate",
+        tfc.constraints.FalsePositiveRate(): "false_positive_rate",
+        tfc.constraints.Precision(): "precision",
+        tfc.constraints.ErrorRate(): "error_rate",
+        tfc.constraints.ErrorRate(group_key="race"): "error_rate_by_race",
+        tfc.constraints.Rate("recall"): "recall",
+        tfc.constraints.Rate("FPR", group_key="sex"): "fpr_by_sex",
+        tfc.constraints.Recall(name="tpr"): "tpr",
+    }
+    for constraint, name in names.items():
+        assert constraint.name == name
+        assert (constraint >= 0.5).name == name
+
+
+def test_unbound_constraint_added_to_a_model_raises_naming_it():
+    model = _identity_model([])
+    with pytest.raises(ValueError, match="'recall' is unbound.*kind.*bound"):
+        model.add_constraint(tfc.constraints.Recall())
+    with pytest.raises(ValueError, match="'precision' is unbound.*no bound"):
+        model.add_constraint(tfc.constraints.Precision(kind=">="))
+    # The same constraint with a kind and a bound from `add_constraint`,
+    # logged under its natural name: recall of [1, 0, 1] positives = 2/3.
+    model.add_constraint(tfc.constraints.Recall(), ">=", 0.9)
+    model.compile(loss="mse")
+    p = np.array([[0.9], [0.2], [0.7], [0.8]], "float32")
+    y = np.array([[1.0], [1.0], [1.0], [0.0]], "float32")
+    logs = model.evaluate({"score": p}, y, return_dict=True, verbose=0)
+    assert logs["recall"] == pytest.approx(2 / 3)
+    assert logs["recall_violation"] == pytest.approx(0.9 - 2 / 3)
+
+
+def test_old_positional_kind_and_bound_raise_a_pointed_error():
+    with pytest.raises(TypeError, match="TruePositiveRate.*keyword"):
+        tfc.constraints.TruePositiveRate(">=", 0.9)
+    with pytest.raises(TypeError, match="positional"):
+        tfc.constraints.Rate("recall", ">=", 0.9)
+
+
+def test_per_group_rate_entries_are_labelled_by_group():
+    by_id = tfc.constraints.ErrorRate(group_key="race", num_groups=3)
+    assert by_id.entry_labels == ["race=0", "race=1", "race=2"]
+    named = tfc.constraints.ErrorRate(
+        group_key="sex", group_names=["female", "male"]
+    )
+    assert named.num_groups == 2
+    assert named.entry_labels == ["sex=female", "sex=male"]
+    assert tfc.constraints.ErrorRate().entry_labels is None
+
+
+def test_empty_groups_of_a_per_group_rate():
+    # Recall per group: group 1 has examples but no positive label, group 2
+    # no example at all; only group 0 has a recall.
+    p = np.array([[0.9], [0.2], [0.7]], "float32")
+    y = np.array([[1.0], [0.0], [0.0]], "float32")
+    constraint = tfc.constraints.Recall(group_key="g", num_groups=3) >= 0.5
+    statistics = constraint.statistics(
+        _batch(p, y, np.array([0, 1, 1], "int32"))
+    )
+    np.testing.assert_array_equal(
+        constraint.empty_groups(statistics), [False, True, True]
+    )

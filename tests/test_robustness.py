@@ -343,3 +343,38 @@ def test_input_gradient_norm_is_the_same_on_two_replicas(mirrored):
     assert values[1]["input_gradient_norm_multiplier"] == pytest.approx(
         values[0]["input_gradient_norm_multiplier"], rel=1e-4
     )
+
+
+# ------------------------------------------------- one constraint convention
+def test_robustness_constraints_by_comparison_and_keywords():
+    dense = keras.layers.Dense(2, name="dense_1")
+    stated = SpectralNorm(dense) <= 1.0
+    assert stated.name == "dense_1_spectral_norm" and stated.kind == "<="
+    assert stated._layer is dense  # the copy keeps the layer itself
+    assert (SpectralNorm("dense_1") <= 1.0).get_config() == SpectralNorm(
+        "dense_1", bound=1.0
+    ).get_config()
+    assert (InputGradientNorm() <= 2.0).get_config() == InputGradientNorm(
+        bound=2.0
+    ).get_config()
+    exact = Monotonicity(0)  # bound 0 by default: exactly monotone
+    assert exact.is_bound and float(exact.bound) == 0.0
+    assert exact.name == "monotonicity" and exact.entry_labels is None
+    assert Monotonicity([0, 3], ["increasing", "decreasing"]).entry_labels == [
+        "0 (increasing)",
+        "3 (decreasing)",
+    ]
+
+
+def test_robustness_constraints_reject_old_positional_bounds_and_kinds():
+    with pytest.raises(TypeError, match="'input_gradient_norm'.*bound"):
+        InputGradientNorm(1.0)
+    with pytest.raises(TypeError, match="positional"):
+        SpectralNorm("dense", 1.0)
+    with pytest.raises(TypeError, match="positional"):
+        Monotonicity(0, "increasing", 0.0)
+    with pytest.raises(ValueError, match="'monotonicity'.*'<='"):
+        Monotonicity(0) >= 0.1  # noqa: B015
+    model, _ = _linear_model([[1.0]])
+    with pytest.raises(ValueError, match="'input_gradient_norm' is unbound"):
+        model.add_constraint(InputGradientNorm())

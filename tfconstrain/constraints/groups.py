@@ -30,6 +30,8 @@ from tfconstrain.batch import Batch
 
 # How many offending ids an assertion message shows.
 _SHOWN_IDS = 10
+# (Assertion messages name the constraint without quotes: TensorFlow escapes
+# quotes in them.)
 
 
 class GroupedConstraintMixin:
@@ -159,7 +161,7 @@ class GroupedConstraintMixin:
         check = tf.debugging.Assert(
             tf.reduce_all(inside),
             [
-                f"Constraint '{label}': group ids in '{key}' must be in "
+                f"Constraint {label}: group ids in {key} must be in "
                 f"0..{count - 1} (num_groups={count}); an example outside "
                 "them would belong to no group. Ids found outside:",
                 tf.boolean_mask(ids, tf.logical_not(inside))[:_SHOWN_IDS],
@@ -184,9 +186,10 @@ class GroupedConstraintMixin:
         check = tf.debugging.Assert(
             tf.reduce_all(known),
             [
-                f"Constraint '{label}': group ids in '{key}' must be one of "
-                f"{list(self.group_names)}; an example outside them would "
-                "belong to no group. Ids found outside:",
+                f"Constraint {label}: group ids in {key} must be one of "
+                f"the group_names [{', '.join(self.group_names)}]; an "
+                "example outside them would belong to no group. Ids found "
+                "outside:",
                 tf.boolean_mask(ids, tf.logical_not(known))[:_SHOWN_IDS],
             ],
             summarize=_SHOWN_IDS,
