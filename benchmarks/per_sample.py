@@ -41,8 +41,9 @@ def build(num_samples: int | None):
     model = tfc.ConstrainedModel(inputs, outputs)
     model.add_constraint(
         PerSampleConstraint(
-            per_example_loss, "<=", 0.1, num_samples=num_samples, name="each"
+            per_example_loss, num_samples=num_samples, name="each"
         )
+        <= 0.1
     )
     model.compile(
         optimizer="adam", loss="binary_crossentropy", dual_optimizer=0.01

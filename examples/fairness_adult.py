@@ -96,11 +96,11 @@ def main(argv=None) -> None:
     data = tfc.datasets.load_adult()
     runs = {
         "unconstrained": None,
-        "demographic parity": tfc.constraints.DemographicParity(
-            "sex", args.bound
+        "demographic parity": (
+            tfc.constraints.DemographicParity("sex") <= args.bound
         ),
-        "equal opportunity": tfc.constraints.EqualOpportunity(
-            "sex", args.bound
+        "equal opportunity": (
+            tfc.constraints.EqualOpportunity("sex") <= args.bound
         ),
     }
     print(
