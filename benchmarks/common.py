@@ -1,73 +1,240 @@
 """Side-by-side timing of Keras `fit` steps in one process.
 
-Every candidate trains on the same repeated batch; rounds alternate between
-candidates so that load changes on the machine hit all of them alike. Each
-round gives one ratio per candidate against the baseline measured just before
-it; the median of those paired ratios is the figure to read (the fastest
-rounds and their ratio are printed too).
+Every candidate is a model and the dataset it trains on. A round fits every
+candidate once, for the same number of steps, in an order that rotates from
+round to round, so that load changes on a shared machine hit all of them
+alike. A measurement is the wall time from `on_epoch_begin` to
+`on_epoch_end` of a one-epoch `fit` (Keras' per-`fit` setup is excluded, the
+host loop, the steps and the epoch-end logs are included), divided by the
+number of steps. Each round gives one ratio per candidate against the
+baseline measured in the same round; the median of those *paired* ratios is
+the figure to read.
 """
 
 from __future__ import annotations
 
+import collections
+import datetime
+import json
 import os
+import platform
 import statistics
+import subprocess
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-# One thread per op and between ops: the ratio is about the work a step
-# adds, and thread scheduling is the largest source of noise on a small
-# machine. Set TFCONSTRAIN_BENCH_THREADS=0 for TensorFlow's defaults.
-_THREADS = int(os.environ.get("TFCONSTRAIN_BENCH_THREADS", "1"))
-if _THREADS:
-    tf.config.threading.set_intra_op_parallelism_threads(_THREADS)
-    tf.config.threading.set_inter_op_parallelism_threads(_THREADS)
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = Path(__file__).resolve().parent / "results"
+
+# One thread per op and between ops by default: the ratio is about the work
+# a step adds, and thread scheduling is the largest source of noise on a
+# small shared machine. TFCONSTRAIN_BENCH_THREADS=0 keeps TensorFlow's
+# defaults. Must run before TensorFlow initializes its runtime.
+THREADS = int(os.environ.get("TFCONSTRAIN_BENCH_THREADS", "1"))
+if THREADS:
+    tf.config.threading.set_intra_op_parallelism_threads(THREADS)
+    tf.config.threading.set_inter_op_parallelism_threads(THREADS)
 
 
-def repeated_batch(features, labels, steps):
-    """A dataset that yields the same batch `steps` times."""
-    return tf.data.Dataset.from_tensors((features, labels)).repeat(steps)
+@dataclass
+class Candidate:
+    """A compiled model and the dataset it trains on.
+
+    Attributes:
+        model: A compiled `keras.Model`.
+        data: `data(steps)` returns a dataset of exactly `steps` batches.
+    """
+
+    model: keras.Model
+    data: Callable[[int], tf.data.Dataset]
 
 
-def time_per_step(model, dataset_fn, steps: int) -> float:
-    """Seconds per training step of one `fit` over `steps` batches."""
-    start = time.perf_counter()
-    model.fit(dataset_fn(steps), epochs=1, verbose=0, shuffle=False)
-    return (time.perf_counter() - start) / steps
+class _EpochTimer(keras.callbacks.Callback):
+    def on_epoch_begin(self, epoch, logs=None):
+        self.start = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.seconds = time.perf_counter() - self.start
 
 
-def compare(candidates: dict, dataset_fn, steps: int, rounds: int) -> dict:
-    """Seconds per step of each candidate per round, interleaved."""
-    for model in candidates.values():  # trace and warm up
-        time_per_step(model, dataset_fn, max(10, steps // 10))
-    samples = {name: [] for name in candidates}
-    for _ in range(rounds):
-        for name, model in candidates.items():
-            samples[name].append(time_per_step(model, dataset_fn, steps))
+def repeated_batch(x, y, steps: int) -> tf.data.Dataset:
+    """A dataset that yields the same batch `(x, y)` `steps` times."""
+    return tf.data.Dataset.from_tensors((x, y)).repeat(steps)
+
+
+def seconds_per_step(candidate: Candidate, steps: int) -> float:
+    """Seconds per training step of a one-epoch `fit` over `steps` batches."""
+    timer = _EpochTimer()
+    candidate.model.fit(
+        candidate.data(steps),
+        epochs=1,
+        verbose=0,
+        shuffle=False,
+        callbacks=[timer],
+    )
+    return timer.seconds / steps
+
+
+def calibrate_steps(
+    candidate: Candidate, seconds: float, multiple: int, minimum: int
+) -> int:
+    """Steps that take about `seconds`, a multiple of `multiple`.
+
+    The first probe traces and warms up; the faster of two more sets the
+    count.
+    """
+    probe = max(minimum, 4 * multiple)
+    seconds_per_step(candidate, probe)
+    per_step = min(seconds_per_step(candidate, probe) for _ in range(2))
+    steps = multiple * round(seconds / (per_step * multiple))
+    return max(minimum, steps)
+
+
+def compare(
+    candidates: dict[str, Candidate],
+    steps: int,
+    rounds: int,
+    warmup_steps: int | None = None,
+) -> dict[str, list[float]]:
+    """Seconds per step of each candidate, one entry per round.
+
+    Every candidate is first warmed up (traced, compiled, optimizer slots
+    built). Round `r` runs the candidates in the order rotated by `r`.
+    """
+    warmup_steps = warmup_steps or max(8, steps // 4)
+    for candidate in candidates.values():
+        seconds_per_step(candidate, warmup_steps)
+    names = list(candidates)
+    samples = {name: [] for name in names}
+    for r in range(rounds):
+        shift = r % len(names)
+        for name in names[shift:] + names[:shift]:
+            samples[name].append(seconds_per_step(candidates[name], steps))
     return samples
 
 
-def print_ratios(samples: dict, baseline: str, goal: float) -> None:
+def summarize(samples: dict[str, list[float]], baseline: str) -> dict:
+    """Per candidate: best and median ms per step, paired ratios.
+
+    The paired ratio of round `r` is `t_candidate[r] / t_baseline[r]`; the
+    summary gives its median and its interquartile range.
+    """
     base = samples[baseline]
-    print(
-        f"{'candidate':<36} {'best ms':>8} {'median ms':>9} "
-        f"{'paired ratio (median)':>22}"
-    )
+    summary = {}
     for name, values in samples.items():
-        paired = statistics.median(v / b for v, b in zip(values, base))
-        flag = "" if name == baseline or paired <= goal else "  (above goal)"
+        ratios = [v / b for v, b in zip(values, base)]
+        quartiles = np.percentile(ratios, [25, 75])
+        summary[name] = {
+            "best_ms": 1e3 * min(values),
+            "median_ms": 1e3 * statistics.median(values),
+            "paired_ratio": statistics.median(ratios),
+            "ratio_iqr": [float(quartiles[0]), float(quartiles[1])],
+            "seconds_per_step": values,
+        }
+    return summary
+
+
+def print_summary(summary: dict, baseline: str, goals: dict) -> None:
+    """Prints one line per candidate; `goals` maps a name to its bound."""
+    print(
+        f"  {'candidate':<34} {'best ms':>8} {'median ms':>9} "
+        f"{'ratio':>6} {'IQR':>13} {'goal':>5}"
+    )
+    for name, row in summary.items():
+        goal = goals.get(name)
+        flag = ""
+        if name != baseline and goal is not None:
+            flag = "  ok" if row["paired_ratio"] <= goal else "  ABOVE GOAL"
+        low, high = row["ratio_iqr"]
         print(
-            f"{name:<36} {1e3 * min(values):>8.3f} "
-            f"{1e3 * statistics.median(values):>9.3f} {paired:>22.3f}{flag}"
+            f"  {name:<34} {row['best_ms']:>8.3f} {row['median_ms']:>9.3f} "
+            f"{row['paired_ratio']:>6.3f} {f'{low:.2f}–{high:.2f}':>13} "
+            f"{goal if goal is not None else '':>5}{flag}"
         )
-    print(f"goal: paired ratio <= {goal} against '{baseline}'")
 
 
-def synthetic(num_samples: int, num_features: int, seed: int = 0):
-    rng = np.random.default_rng(seed)
-    features = rng.normal(size=(num_samples, num_features)).astype("float32")
-    labels = (features[:, :1] > 0).astype("float32")
-    return features, labels
+def count_ops(model: keras.Model, data: tf.data.Dataset) -> collections.Counter:
+    """Graph ops of one training step, by op type (nested functions too).
+
+    Traces `model.train_step` on the element spec of `data` in a fresh
+    `tf.function` (no XLA, no `steps_per_execution` loop) and counts the
+    nodes of its graph and of every function in the graph's library (bodies
+    of `tf.cond`/`tf.while_loop`, nested `tf.function`s).
+    """
+    spec = data.element_spec
+    function = tf.function(model.train_step)
+    graph = function.get_concrete_function(spec).graph
+    counts = collections.Counter(op.type for op in graph.get_operations())
+    library = graph.as_graph_def().library
+    for definition in library.function:
+        counts.update(node.op for node in definition.node_def)
+    return counts
+
+
+def machine_info() -> dict:
+    """Date, CPU model, core count, load and library versions."""
+    model_name = platform.processor() or platform.machine()
+    try:
+        lscpu = subprocess.run(
+            ["lscpu"], capture_output=True, text=True, check=True
+        ).stdout
+        for line in lscpu.splitlines():
+            if line.startswith("Model name:"):
+                model_name = line.split(":", 1)[1].strip()
+                break
+    except (OSError, subprocess.CalledProcessError):
+        pass
+    import tfconstrain
+
+    return {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(
+            timespec="seconds"
+        ),
+        "cpu": model_name,
+        "cores": os.cpu_count(),
+        "gpus": len(tf.config.list_physical_devices("GPU")),
+        "load_average_1_5_15": list(os.getloadavg()),
+        "tensorflow_threads": THREADS or "default",
+        "python": platform.python_version(),
+        "tensorflow": tf.__version__,
+        "keras": keras.__version__,
+        "tfconstrain": tfconstrain.__version__,
+        "commit": _git_commit(),
+    }
+
+
+def _git_commit() -> str | None:
+    try:
+        return subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=ROOT,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
+def write_json(name: str, payload: dict) -> Path:
+    """Writes `payload` to `benchmarks/results/<name>.json`."""
+    RESULTS.mkdir(exist_ok=True)
+    path = RESULTS / f"{name}.json"
+    path.write_text(json.dumps(payload, indent=1, default=_plain) + "\n")
+    return path
+
+
+def _plain(value):
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"Not JSON serializable: {value!r}")

@@ -1,88 +1,361 @@
 """Cost of a constrained `fit` step relative to the same plain Keras step.
 
-A small MLP, one batch of 256, 1–3 constraints (Lagrangian, gradient ascent).
-Prints milliseconds per step (best and median round) and the ratios to plain
-Keras, measured
-side by side in this process. Goal: ratio <= 1.05.
+For each block of settings — model (`mlp`: the Adult MLP, 103 → 64 → 1, on
+a batch of 256 real Adult rows; `cnn`: a small CNN on 16×16 images, batch
+256), graph or XLA (`jit_compile=True`), `steps_per_execution` 1 or 32 — the
+same plain `keras.Model` and `tfc.ConstrainedModel`s with
 
-Run: `.venv/bin/python benchmarks/step_overhead.py [--steps N --rounds R]`.
+- 1, 3 and 10 callable constraints (`mean(ŷᵏ) <= b`),
+- the built-in rate `Recall() >= 0.6`,
+- the built-in fairness constraint `DemographicParity("group") <= 0.05`,
+  whose group ids travel as side information in the `x` dict,
+- `Recall`, `DemographicParity` and `EqualizedOdds` together,
+
+are fitted side by side in this process (interleaved rounds, rotating
+order; see `common.py`). Printed: milliseconds per step and the median of
+the per-round ratios to the plain model. Goals (issue 12): ratio <= 1.05
+with 1–3 constraints, <= 1.10 with 10.
+
+With `--ops`, the graph ops of one training step are counted per candidate
+(by op type, against the plain model); with `--profile`, the TensorFlow
+profiler times each op type over a few hundred steps of the plain model and
+of each constrained one, in graph mode with `steps_per_execution=32`.
+
+Writes `benchmarks/results/step_overhead.json` (`step_overhead_quick.json`
+with `--quick`).
+
+Run: `.venv/bin/python benchmarks/step_overhead.py [--quick] [--ops]
+[--profile] [--models mlp cnn] [--modes graph xla] [--spe 1 32]`.
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
+import statistics
+import sys
+import tempfile
+from pathlib import Path
 
-import keras  # noqa: E402
+import keras
+import numpy as np
+import tensorflow as tf
+from common import Candidate
+from common import calibrate_steps
 from common import compare
-from common import print_ratios
+from common import count_ops
+from common import machine_info
+from common import print_summary
 from common import repeated_batch
-from common import synthetic
+from common import summarize
+from common import write_json
 
-import tfconstrain as tfc  # noqa: E402
+import tfconstrain as tfc
 
-
-def mean_prediction(batch):
-    return keras.ops.mean(batch.y_pred)
-
-
-def second_moment(batch):
-    return keras.ops.mean(keras.ops.square(batch.y_pred))
+BATCH = 256
+PLAIN = "plain keras.Model"
 
 
-def max_prediction(batch):
-    return keras.ops.max(batch.y_pred)
+def moment(k: int):
+    """The constraint function `mean(ŷᵏ)`."""
+
+    def fn(batch):
+        return keras.ops.mean(keras.ops.power(batch.y_pred, k))
+
+    fn.__name__ = f"moment_{k}"
+    return fn
 
 
-CONSTRAINTS = [
-    (mean_prediction, "<=", 0.3),
-    (second_moment, "<=", 0.2),
-    (max_prediction, "<=", 0.95),
-]
+def callables(count: int):
+    def add(model):
+        for k in range(1, count + 1):
+            model.add_constraint(moment(k), "<=", 0.5 / k)
+
+    return add
 
 
-def build(num_constraints: int | None, jit: bool):
-    keras.utils.set_random_seed(0)
-    inputs = keras.Input((32,))
-    hidden = keras.layers.Dense(128, activation="relu")(inputs)
-    hidden = keras.layers.Dense(128, activation="relu")(hidden)
+def recall(model):
+    model.add_constraint(tfc.constraints.Recall() >= 0.6)
+
+
+def demographic_parity(model):
+    model.add_constraint(tfc.constraints.DemographicParity("group") <= 0.05)
+
+
+def three_builtins(model):
+    recall(model)
+    demographic_parity(model)
+    model.add_constraint(tfc.constraints.EqualizedOdds("group") <= 0.05)
+
+
+# name -> (adds the constraints, uses side information, goal)
+CONSTRAINT_SETS = {
+    "1 callable": (callables(1), False, 1.05),
+    "3 callables": (callables(3), False, 1.05),
+    "10 callables": (callables(10), False, 1.10),
+    "Recall >= 0.6": (recall, False, 1.05),
+    "DemographicParity(group) <= 0.05": (demographic_parity, True, 1.05),
+    "Recall + DP + EqualizedOdds": (three_builtins, True, 1.05),
+}
+QUICK_SETS = ("1 callable", "DemographicParity(group) <= 0.05")
+
+
+def mlp_data():
+    """A batch of 256 Adult training rows: features, labels, sex ids."""
+    data = tfc.datasets.load_adult()
+    return (
+        data.x_train[:BATCH],
+        data.y_train[:BATCH, None],
+        data.sex_train[:BATCH],
+    )
+
+
+def cnn_data():
+    """256 synthetic 16×16 grey images; label and group from the pixels."""
+    rng = np.random.default_rng(0)
+    images = rng.normal(size=(BATCH, 16, 16, 1)).astype("float32")
+    labels = (images[:, :8].mean(axis=(1, 2, 3)) > 0).astype("float32")
+    groups = (images[:, :, :8].mean(axis=(1, 2, 3)) > 0).astype("int32")
+    return images, labels[:, None], groups
+
+
+def layers(arch: str, input_shape):
+    inputs = keras.Input(input_shape, name="features")
+    if arch == "mlp":
+        hidden = keras.layers.Dense(64, activation="relu")(inputs)
+    else:
+        hidden = keras.layers.Conv2D(8, 3, activation="relu")(inputs)
+        hidden = keras.layers.MaxPooling2D()(hidden)
+        hidden = keras.layers.Conv2D(16, 3, activation="relu")(hidden)
+        hidden = keras.layers.GlobalAveragePooling2D()(hidden)
     outputs = keras.layers.Dense(1, activation="sigmoid")(hidden)
-    if num_constraints is None:
+    return inputs, outputs
+
+
+def build(arch, input_shape, constraint_set, jit: bool, spe: int):
+    keras.utils.set_random_seed(0)
+    inputs, outputs = layers(arch, input_shape)
+    compile_args = {
+        "optimizer": "adam",
+        "loss": "binary_crossentropy",
+        "jit_compile": jit,
+        "steps_per_execution": spe,
+    }
+    if constraint_set is None:
         model = keras.Model(inputs, outputs)
-        model.compile(
-            optimizer="adam", loss="binary_crossentropy", jit_compile=jit
-        )
+        model.compile(**compile_args)
         return model
     model = tfc.ConstrainedModel(inputs, outputs)
-    for fn, kind, bound in CONSTRAINTS[:num_constraints]:
-        model.add_constraint(fn, kind, bound)
-    model.compile(
-        optimizer="adam",
-        loss="binary_crossentropy",
-        dual_optimizer=0.01,
-        jit_compile=jit,
-    )
+    CONSTRAINT_SETS[constraint_set][0](model)
+    model.compile(**compile_args, dual_optimizer=0.01)
     return model
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--steps", type=int, default=400)
-    parser.add_argument("--rounds", type=int, default=15)
-    parser.add_argument("--jit", action="store_true", help="jit_compile=True")
-    args = parser.parse_args()
-    features, labels = synthetic(256, 32)
-    candidates = {"plain keras.Model": build(None, args.jit)}
-    for count in (1, 2, 3):
-        candidates[f"ConstrainedModel, {count} constraint(s)"] = build(
-            count, args.jit
+def block_candidates(arch, arrays, sets, jit, spe) -> dict:
+    x, y, group = arrays
+    side = {"features": x, "group": group}
+    candidates = {
+        PLAIN: Candidate(
+            build(arch, x.shape[1:], None, jit, spe),
+            lambda steps: repeated_batch(x, y, steps),
         )
-    samples = compare(
-        candidates,
-        lambda steps: repeated_batch(features, labels, steps),
-        args.steps,
-        args.rounds,
+    }
+    for name in sets:
+        uses_side = CONSTRAINT_SETS[name][1]
+        candidates[name] = Candidate(
+            build(arch, x.shape[1:], name, jit, spe),
+            (lambda steps: repeated_batch(side, y, steps))
+            if uses_side
+            else (lambda steps: repeated_batch(x, y, steps)),
+        )
+    return candidates
+
+
+def op_counts(candidates: dict) -> dict:
+    """Ops per step of each candidate, and the op types it adds."""
+    counts = {
+        name: count_ops(c.model, c.data(1)) for name, c in candidates.items()
+    }
+    plain = counts[PLAIN]
+    result = {}
+    for name, count in counts.items():
+        extra = collections.Counter(count)
+        extra.subtract(plain)
+        top = [(op, n) for op, n in extra.most_common(12) if n > 0]
+        result[name] = {
+            "ops": sum(count.values()),
+            "extra_ops": sum(count.values()) - sum(plain.values()),
+            "extra_by_type": dict(top),
+        }
+    return result
+
+
+def profile_op_times(candidate: Candidate, steps: int) -> collections.Counter:
+    """Microseconds per step spent in each op type (TensorFlow profiler).
+
+    Runs `steps` training steps under `tf.profiler.experimental` and sums the
+    durations of the executor's op events on the host planes, by op type.
+    """
+    from tensorflow.tsl.profiler.protobuf import xplane_pb2
+
+    candidate.model.fit(candidate.data(64), epochs=1, verbose=0)
+    with tempfile.TemporaryDirectory() as logdir:
+        tf.profiler.experimental.start(logdir)
+        candidate.model.fit(candidate.data(steps), epochs=1, verbose=0)
+        tf.profiler.experimental.stop()
+        (path,) = Path(logdir).rglob("*.xplane.pb")
+        space = xplane_pb2.XSpace.FromString(path.read_bytes())
+    totals = collections.Counter()
+    for plane in space.planes:
+        if not plane.name.startswith("/host:CPU"):
+            continue
+        names = {k: v.name for k, v in plane.event_metadata.items()}
+        for line in plane.lines:
+            if "tf_Compute" not in line.name and "tf_data" in line.name:
+                continue
+            for event in line.events:
+                name = names.get(event.metadata_id, "")
+                # Executor op events are named "op_name:OpType".
+                if ":" not in name or name.startswith("Iterator"):
+                    continue
+                op_type = name.rsplit(":", 1)[1]
+                if not op_type or not op_type[0].isupper():
+                    continue
+                totals[op_type] += event.duration_ps / 1e6 / steps
+    return totals
+
+
+def profile_block(candidates: dict, steps: int) -> dict:
+    times = {name: profile_op_times(c, steps) for name, c in candidates.items()}
+    plain = times[PLAIN]
+    result = {}
+    for name, total in times.items():
+        extra = collections.Counter(total)
+        extra.subtract(plain)
+        result[name] = {
+            "op_us_per_step": sum(total.values()),
+            "extra_op_us_per_step": sum(total.values()) - sum(plain.values()),
+            "extra_us_by_type": {
+                op: round(us, 2) for op, us in extra.most_common(12) if us > 0.5
+            },
+        }
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    print_ratios(samples, "plain keras.Model", goal=1.05)
+    parser.add_argument("--quick", action="store_true", help="CI: < 1 min")
+    parser.add_argument("--models", nargs="+", default=["mlp", "cnn"])
+    parser.add_argument("--modes", nargs="+", default=["graph", "xla"])
+    parser.add_argument("--spe", nargs="+", type=int, default=[1, 32])
+    parser.add_argument("--sets", nargs="+", default=list(CONSTRAINT_SETS))
+    parser.add_argument("--rounds", type=int, default=11)
+    parser.add_argument(
+        "--seconds",
+        type=float,
+        default=0.4,
+        help="target duration of one measurement (steps are calibrated)",
+    )
+    parser.add_argument("--ops", action="store_true", help="count graph ops")
+    parser.add_argument(
+        "--profile", action="store_true", help="op times (profiler)"
+    )
+    args = parser.parse_args()
+    if args.quick:
+        args.models, args.modes, args.spe = ["mlp"], ["graph"], [1, 32]
+        args.sets, args.rounds, args.seconds = list(QUICK_SETS), 5, 0.15
+    unknown = set(args.sets) - set(CONSTRAINT_SETS)
+    if unknown:
+        sys.exit(f"Unknown --sets {sorted(unknown)}; one of {CONSTRAINT_SETS}")
+
+    info_before = machine_info()
+    print(
+        f"{info_before['date']}  {info_before['cpu']}, "
+        f"{info_before['cores']} cores, load "
+        f"{info_before['load_average_1_5_15']}, TF threads "
+        f"{info_before['tensorflow_threads']}"
+    )
+    data = {"mlp": mlp_data, "cnn": cnn_data}
+    blocks = []
+    for arch in args.models:
+        arrays = data[arch]()
+        for mode in args.modes:
+            for spe in args.spe:
+                candidates = block_candidates(
+                    arch, arrays, args.sets, mode == "xla", spe
+                )
+                steps = calibrate_steps(
+                    candidates[PLAIN], args.seconds, spe, minimum=2 * spe
+                )
+                samples = compare(candidates, steps, args.rounds)
+                summary = summarize(samples, PLAIN)
+                goals = {name: CONSTRAINT_SETS[name][2] for name in args.sets}
+                print(
+                    f"\n{arch}, {mode}, steps_per_execution={spe} "
+                    f"({steps} steps per measurement, {args.rounds} rounds)"
+                )
+                print_summary(summary, PLAIN, goals)
+                block = {
+                    "model": arch,
+                    "mode": mode,
+                    "steps_per_execution": spe,
+                    "steps": steps,
+                    "rounds": args.rounds,
+                    "goals": goals,
+                    "results": summary,
+                }
+                if args.ops and mode == "graph" and spe == args.spe[0]:
+                    block["op_counts"] = op_counts(candidates)
+                    print("  graph ops per step (extra over plain):")
+                    for name, row in block["op_counts"].items():
+                        print(
+                            f"    {name:<34} {row['ops']:>5} "
+                            f"(+{row['extra_ops']}) {row['extra_by_type']}"
+                        )
+                if args.profile and mode == "graph" and spe == max(args.spe):
+                    block["op_times"] = profile_block(candidates, 10 * spe)
+                    print("  profiled op time per step, µs (extra over plain):")
+                    for name, row in block["op_times"].items():
+                        print(
+                            f"    {name:<34} "
+                            f"{row['op_us_per_step']:>8.1f} "
+                            f"(+{row['extra_op_us_per_step']:.1f}) "
+                            f"{row['extra_us_by_type']}"
+                        )
+                blocks.append(block)
+                keras.backend.clear_session()
+
+    info_after = machine_info()
+    worst = {}
+    for block in blocks:
+        for name, row in block["results"].items():
+            if name != PLAIN:
+                worst[name] = max(worst.get(name, 0.0), row["paired_ratio"])
+    print("\nworst paired ratio over the blocks run:")
+    for name, ratio in worst.items():
+        goal = CONSTRAINT_SETS[name][2]
+        verdict = "meets" if ratio <= goal else "misses"
+        print(f"  {name:<34} {ratio:.3f} ({verdict} the goal {goal})")
+    print(
+        "median over blocks and sets: "
+        f"{statistics.median(worst.values()):.3f}; load average after: "
+        f"{info_after['load_average_1_5_15']}"
+    )
+    path = write_json(
+        "step_overhead_quick" if args.quick else "step_overhead",
+        {
+            "benchmark": "step_overhead",
+            "machine": info_before,
+            "load_average_after": info_after["load_average_1_5_15"],
+            "arguments": vars(args),
+            "blocks": blocks,
+            "worst_paired_ratio": worst,
+        },
+    )
+    print(f"wrote {path}")
 
 
 if __name__ == "__main__":
