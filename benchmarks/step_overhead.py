@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import re
 import statistics
 import sys
 import tempfile
@@ -190,55 +191,92 @@ def op_counts(candidates: dict) -> dict:
     return result
 
 
-def profile_op_times(candidate: Candidate, steps: int) -> collections.Counter:
-    """Microseconds per step spent in each op type (TensorFlow profiler).
+def profile_op_times(candidate: Candidate, steps: int) -> dict:
+    """Per step: ops executed and microseconds spent, by op type and scope.
 
-    Runs `steps` training steps under `tf.profiler.experimental` and sums the
-    durations of the executor's op events on the host planes, by op type.
+    Runs `steps` training steps of a freshly built model under
+    `tf.profiler.experimental` and reads the executor's op events (named
+    `scope/.../op_name:OpType`) on the host compute lines. The model must be
+    fresh: once TensorFlow's executor has timed a kernel a few hundred
+    times and found it cheap, it runs it inline and no longer traces it. The
+    profiler adds its own cost to every op event, so the times are inflated
+    for small ops: compare candidates, not absolutes.
     """
     from tensorflow.tsl.profiler.protobuf import xplane_pb2
 
-    candidate.model.fit(candidate.data(64), epochs=1, verbose=0)
+    candidate.model.fit(candidate.data(2), epochs=1, verbose=0)
     with tempfile.TemporaryDirectory() as logdir:
-        tf.profiler.experimental.start(logdir)
+        tf.profiler.experimental.start(
+            logdir,
+            # Level 3: every op, not only those TensorFlow deems expensive.
+            options=tf.profiler.experimental.ProfilerOptions(
+                host_tracer_level=3, python_tracer_level=0
+            ),
+        )
         candidate.model.fit(candidate.data(steps), epochs=1, verbose=0)
         tf.profiler.experimental.stop()
         (path,) = Path(logdir).rglob("*.xplane.pb")
         space = xplane_pb2.XSpace.FromString(path.read_bytes())
-    totals = collections.Counter()
+    by_type, by_scope, count = (collections.Counter() for _ in range(3))
     for plane in space.planes:
-        if not plane.name.startswith("/host:CPU"):
-            continue
         names = {k: v.name for k, v in plane.event_metadata.items()}
         for line in plane.lines:
-            if "tf_Compute" not in line.name and "tf_data" in line.name:
+            if not line.name.startswith("tf_Compute"):
                 continue
             for event in line.events:
                 name = names.get(event.metadata_id, "")
-                # Executor op events are named "op_name:OpType".
-                if ":" not in name or name.startswith("Iterator"):
-                    continue
-                op_type = name.rsplit(":", 1)[1]
-                if not op_type or not op_type[0].isupper():
-                    continue
-                totals[op_type] += event.duration_ps / 1e6 / steps
-    return totals
+                if "::" in name or ":" not in name:
+                    continue  # executor bookkeeping, not an op
+                op_name, op_type = name.rsplit(":", 1)
+                op_name = op_name.rsplit("StatefulPartitionedCall/", 1)[-1]
+                scope = _scope(op_name, candidate.model.name)
+                microseconds = event.duration_ps / 1e6 / steps
+                by_type[op_type] += microseconds
+                by_scope[scope] += microseconds
+                count[op_type] += 1 / steps
+    return {"type": by_type, "scope": by_scope, "count": count}
+
+
+def _scope(op_name: str, model_name: str) -> str:
+    """A coarse, model-independent scope of an op for the profile table.
+
+    `forward`/`backward` (the model's layers), `optimizer` (the primal
+    step), otherwise the op's top-level name without its uniquifying
+    suffix (`concat_1` → `concat`), `backward/` in front for gradients.
+    """
+    parts = op_name.split("/")
+    prefix = ""
+    if parts[0] == "gradient_tape" and len(parts) > 1:
+        prefix, parts = "backward/", parts[1:]
+    if parts[0].startswith(model_name):
+        return prefix + "model layers" if prefix else "forward: model layers"
+    if parts[0].startswith("adam"):
+        return "optimizer"
+    return prefix + re.sub(r"(_\d+)+$", "", parts[0])
 
 
 def profile_block(candidates: dict, steps: int) -> dict:
+    """Profiled op time of each candidate and what it adds to the plain."""
     times = {name: profile_op_times(c, steps) for name, c in candidates.items()}
     plain = times[PLAIN]
     result = {}
-    for name, total in times.items():
-        extra = collections.Counter(total)
-        extra.subtract(plain)
-        result[name] = {
-            "op_us_per_step": sum(total.values()),
-            "extra_op_us_per_step": sum(total.values()) - sum(plain.values()),
-            "extra_us_by_type": {
-                op: round(us, 2) for op, us in extra.most_common(12) if us > 0.5
-            },
+    for name, profile in times.items():
+        row = {
+            "ops_per_step": round(sum(profile["count"].values()), 1),
+            "op_us_per_step": round(sum(profile["type"].values()), 1),
         }
+        for key in ("type", "scope"):
+            extra = collections.Counter(profile[key])
+            extra.subtract(plain[key])
+            row[f"extra_us_by_{key}"] = {
+                op: round(us, 1) for op, us in extra.most_common(10) if us > 1
+            }
+        extra = collections.Counter(profile["count"])
+        extra.subtract(plain["count"])
+        row["extra_ops_by_type"] = {
+            op: round(n, 1) for op, n in extra.most_common(12) if n >= 0.5
+        }
+        result[name] = row
     return result
 
 
@@ -316,14 +354,18 @@ def main() -> None:
                             f"(+{row['extra_ops']}) {row['extra_by_type']}"
                         )
                 if args.profile and mode == "graph" and spe == max(args.spe):
-                    block["op_times"] = profile_block(candidates, 10 * spe)
-                    print("  profiled op time per step, µs (extra over plain):")
+                    keras.backend.clear_session()
+                    fresh = block_candidates(
+                        arch, arrays, args.sets, mode == "xla", spe
+                    )
+                    block["op_times"] = profile_block(fresh, 4 * spe)
+                    print("  profiled ops executed and op time per step:")
                     for name, row in block["op_times"].items():
                         print(
-                            f"    {name:<34} "
-                            f"{row['op_us_per_step']:>8.1f} "
-                            f"(+{row['extra_op_us_per_step']:.1f}) "
-                            f"{row['extra_us_by_type']}"
+                            f"    {name:<34} {row['ops_per_step']:>6} ops "
+                            f"{row['op_us_per_step']:>7.1f} µs; extra ops "
+                            f"{row['extra_ops_by_type']}; extra µs by scope "
+                            f"{row['extra_us_by_scope']}"
                         )
                 blocks.append(block)
                 keras.backend.clear_session()
