@@ -17,6 +17,7 @@ import tensorflow as tf
 
 from tfconstrain import certify
 from tfconstrain.batch import Batch
+from tfconstrain.safeguards import _numpy
 from tfconstrain.safeguards import empty_groups
 
 
@@ -368,8 +369,3 @@ def _format(cell) -> str:
     if isinstance(cell, (float, np.floating)):
         return f"{cell:.4g}"
     return str(cell)
-
-
-def _numpy(variable) -> np.ndarray:
-    """A variable's value as numpy (no `__array__` copy deprecation)."""
-    return keras.ops.convert_to_numpy(keras.ops.convert_to_tensor(variable))

@@ -589,4 +589,4 @@ def _numpy(variable) -> np.ndarray:
     `keras.Variable` calls `__array__(copy=False)`, which the variable does
     not accept (a NumPy 2 `DeprecationWarning`).
     """
-    return keras.ops.convert_to_numpy(keras.ops.convert_to_tensor(variable))
+    return tf.convert_to_tensor(variable).numpy()
