@@ -59,13 +59,15 @@ FEATURES = 4
 
 
 # ---------------------------------------------------------------------------
-# Prototype of tfconstrain/_keras_compat.py (applied with --patch only).
+# Prototype of tfconstrain/_keras_compat.py: applied with --patch only, by
+# `apply_patch` below. Everything down to `apply_patch` is the module's code.
 # ---------------------------------------------------------------------------
 def in_multi_worker_mode(strategy) -> bool:
     """Whether `strategy` is a `MultiWorkerMirroredStrategy` over > 1 worker.
 
-    The condition under which Keras' `reduce_per_replica` takes its
-    multi-worker branch: replicas in sync outnumber this worker's devices.
+    Keras' condition for its multi-worker code paths (it asks the private
+    `strategy.extended._in_multi_worker_mode()`), from public attributes:
+    the replicas in sync outnumber this worker's own devices.
     """
     return isinstance(
         strategy, tf.distribute.MultiWorkerMirroredStrategy
@@ -73,30 +75,41 @@ def in_multi_worker_mode(strategy) -> bool:
 
 
 def multi_worker_step_logs(logs: dict) -> dict:
-    """Step logs Keras can reduce across workers (keras#20585, TF#72388).
+    """Step logs that Keras can reduce across workers (TF#72388).
 
-    Under multi-worker MWMS, Keras reduces every value returned by
-    `train_step`/`test_step` with `strategy.reduce("MEAN", v, axis=0)`,
-    which rejects scalars ("Invalid reduction dimension 0 for input with 0
-    dimensions"). Shape `(1,)` values reduce along that axis to the mean
-    over replicas, a scalar again: the logs Keras sees are those of any
-    other strategy. Elsewhere the logs are returned unchanged.
+    Keras reduces every value returned by `train_step`/`test_step`; under
+    multi-worker MWMS with `strategy.reduce("MEAN", value, axis=0)`, which
+    rejects scalars ("Invalid reduction dimension 0 for input with 0
+    dimensions", keras#20585). A value of shape `(1,)` reduces along that
+    axis to the mean over replicas, a scalar: the logs Keras then sees are
+    those of any other strategy (a plain mean over replicas). Under any
+    other strategy the logs are returned unchanged.
+
+    Call it on the dict a `train_step`/`test_step` returns (in replica
+    context).
     """
     if not in_multi_worker_mode(tf.distribute.get_strategy()):
         return logs
     return tf.nest.map_structure(lambda v: tf.reshape(v, (1,)), logs)
 
 
-def first_local_batch(iterator, strategy):
-    """The first batch of an epoch iterator, as this worker's tensors.
+def local_build_batch(model, iterator, data_batch):
+    """`(iterator, data_batch)` for Keras' `_maybe_symbolic_build`.
 
-    The epoch iterator yields `(step, iterator)` (Keras 3.10) or
-    `(begin_step, end_step, iterator)`; the iterator comes last in both.
+    Under multi-worker MWMS, returns `(None, batch)` with `batch` this
+    worker's first replica batch of the epoch iterator (same shapes and
+    dtypes as every replica's), instead of letting Keras MEAN-reduce the
+    distributed batch (see `MultiWorkerCompatMixin`). Otherwise returns its
+    arguments unchanged.
     """
+    strategy = model._distribute_strategy
+    if iterator is None or not in_multi_worker_mode(strategy):
+        return iterator, data_batch
+    # `(step, iterator)` in Keras 3.10, `(begin, end, iterator)` later.
     for *_, distributed_iterator in iterator:
         batch = next(distributed_iterator)
         break
-    return tf.nest.map_structure(
+    batch = tf.nest.map_structure(
         lambda v: (
             strategy.experimental_local_results(v)[0]
             if isinstance(v, tf.distribute.DistributedValues)
@@ -104,41 +117,41 @@ def first_local_batch(iterator, strategy):
         ),
         batch,
     )
+    return None, batch
 
 
-class MultiWorkerBuildMixin:
-    """Symbolic build from a local batch under multi-worker MWMS.
+class MultiWorkerCompatMixin:
+    """Keras' symbolic build, from a local batch under multi-worker MWMS.
 
-    Keras' `_maybe_symbolic_build` (run by `fit` and `evaluate` for models
-    created in a strategy scope, built or not) MEAN-reduces the first
-    distributed batch across replicas only to read its shapes and dtypes;
-    under multi-worker MWMS that reduction fails ("Attempt to convert a
-    value (PerReplica...) to a Tensor", keras#20585). This worker's first
-    replica batch has the same per-replica shapes and dtypes.
+    `fit` and `evaluate` call `_maybe_symbolic_build` for every model
+    created in a strategy scope (built or not). It MEAN-reduces the first
+    distributed batch across replicas only to read its shapes and dtypes,
+    passing a tuple of per-replica values to `Strategy.reduce`, which takes
+    one value: under multi-worker MWMS this fails with "Attempt to convert
+    a value (PerReplica...) to a Tensor" (keras#20585; Keras 3.10 to at
+    least 3.15.1). This override builds from this worker's first batch.
+    Remove it when `tests/test_multi_worker.py::
+    test_plain_keras_fit_works_under_multi_worker` passes.
     """
 
     def _maybe_symbolic_build(self, iterator=None, data_batch=None):
-        strategy = self._distribute_strategy
-        if (
-            iterator is not None
-            and strategy is not None
-            and in_multi_worker_mode(strategy)
-        ):
-            data_batch = first_local_batch(iterator, strategy)
-            iterator = None
+        iterator, data_batch = local_build_batch(self, iterator, data_batch)
         return super()._maybe_symbolic_build(
             iterator=iterator, data_batch=data_batch
         )
 
 
-# Callbacks that write files, and the attribute holding their output path.
-_OUTPUT_PATHS = (
-    (keras.callbacks.TensorBoard, "log_dir", False),
-    (keras.callbacks.ModelCheckpoint, "filepath", True),
-    (keras.callbacks.BackupAndRestore, "backup_dir", False),
-    (keras.callbacks.CSVLogger, "filename", True),
-    (tfc.MultiplierCallback, "log_dir", False),
-)
+def _output_paths():
+    """Callbacks that write files: `(class, path attribute, is a file)`."""
+    from tfconstrain.callbacks import MultiplierCallback
+
+    return (
+        (keras.callbacks.TensorBoard, "log_dir", False),
+        (keras.callbacks.ModelCheckpoint, "filepath", True),
+        (keras.callbacks.BackupAndRestore, "backup_dir", False),
+        (keras.callbacks.CSVLogger, "filename", True),
+        (MultiplierCallback, "log_dir", False),
+    )
 
 
 @contextlib.contextmanager
@@ -147,11 +160,19 @@ def chief_only_writes(callbacks, strategy):
 
     Keras 3 callbacks have no multi-worker logic: under MWMS every worker
     would write the same TensorBoard files and checkpoints. Every worker
-    must still run the callbacks (saving reads variables on all workers),
-    so on a non-chief worker each file-writing callback is pointed, for
-    the duration of `fit`, at a private temporary directory that is
-    deleted afterwards. A `BackupAndRestore` directory is first copied
-    there, so every worker restores the chief's backup.
+    still runs every callback, but on a worker that is not the chief
+    (`strategy.extended.should_checkpoint` is `False`) each file-writing
+    callback is pointed, for the duration of the `with` block, at a private
+    temporary directory that is deleted afterwards. Every string attribute
+    of the callback under its output path is redirected (Keras'
+    `BackupAndRestore` keeps four beside `backup_dir`), and a
+    `BackupAndRestore` directory is first copied there, so that every
+    worker restores the chief's backup. No-op except on the non-chief
+    workers of a multi-worker MWMS.
+
+    Args:
+        callbacks: The list given to `fit` (or `None`).
+        strategy: The model's `tf.distribute.Strategy`.
     """
     if (
         not in_multi_worker_mode(strategy)
@@ -163,19 +184,15 @@ def chief_only_writes(callbacks, strategy):
     saved = []
     try:
         for index, callback in enumerate(callbacks or ()):
-            for cls, attribute, is_file in _OUTPUT_PATHS:
-                if not isinstance(callback, cls):
-                    continue
+            for cls, attribute, is_file in _output_paths():
                 path = getattr(callback, attribute, None)
-                if not path:
-                    break
+                if not isinstance(callback, cls) or not path:
+                    continue
                 path = os.fspath(path)
                 root = os.path.dirname(path) if is_file else path
                 private = os.path.join(temp_dir, str(index))
                 if isinstance(callback, keras.callbacks.BackupAndRestore):
                     _copy_tree(root, private)
-                # Every path attribute derived from the root (Keras'
-                # `BackupAndRestore` keeps four beside `backup_dir`).
                 for name, value in list(vars(callback).items()):
                     if isinstance(value, str) and (
                         value == root or value.startswith(root + os.sep)
@@ -191,6 +208,7 @@ def chief_only_writes(callbacks, strategy):
 
 
 def _copy_tree(source, destination):
+    """Copies a directory (local or `tf.io.gfile` path) if it exists."""
     if not tf.io.gfile.isdir(source):
         return
     tf.io.gfile.makedirs(destination)
@@ -203,9 +221,12 @@ def _copy_tree(source, destination):
             tf.io.gfile.copy(path, os.path.join(destination, name))
 
 
+# End of the prototype module. Not part of it: the monkeypatch, and the fix
+# of `tfconstrain/report.py` (one `strategy.reduce` per statistic).
 def apply_patch(cls):
-    """Monkeypatches the workarounds onto `cls` (a `ConstrainedModel`)."""
+    """Monkeypatches the prototype onto `cls` (a `ConstrainedModel`)."""
     train_step, test_step, fit = cls.train_step, cls.test_step, cls.fit
+    keras_build = cls._maybe_symbolic_build
 
     def patched_train_step(self, data):
         return multi_worker_step_logs(train_step(self, data))
@@ -217,40 +238,30 @@ def apply_patch(cls):
         with chief_only_writes(callbacks, self.distribute_strategy):
             return fit(self, *args, callbacks=callbacks, **kwargs)
 
+    def patched_build(self, iterator=None, data_batch=None):
+        iterator, data_batch = local_build_batch(self, iterator, data_batch)
+        return keras_build(self, iterator=iterator, data_batch=data_batch)
+
     cls.train_step = patched_train_step
     cls.test_step = patched_test_step
     cls.fit = patched_fit
-    cls._maybe_symbolic_build = MultiWorkerBuildMixin._maybe_symbolic_build
-    # `super()` in the mixin's method needs the method bound in a subclass
-    # of the mixin; as a monkeypatch, call Keras' method directly instead.
-    keras_build = keras.Model._maybe_symbolic_build
-
-    def patched_build(self, iterator=None, data_batch=None):
-        strategy = self._distribute_strategy
-        if (
-            iterator is not None
-            and strategy is not None
-            and in_multi_worker_mode(strategy)
-        ):
-            data_batch = first_local_batch(iterator, strategy)
-            iterator = None
-        return keras_build(self, iterator=iterator, data_batch=data_batch)
-
     cls._maybe_symbolic_build = patched_build
 
     # `constraint_report` SUM-reduces a *list* of per-replica statistics in
     # one `strategy.reduce` call, but `Strategy.reduce` takes one value, not
     # a nest: under multi-worker MWMS the list is packed into one tensor and
-    # fails. The fix (in `report._report_step`): one reduce per statistic.
+    # fails. The fix (in `report._report_step`): one reduce per statistic,
+    # `tf.nest.map_structure(lambda v: strategy.reduce("SUM", v, axis=None),
+    # per_replica)`. Patched here by making `reduce` map over the nest.
     from tfconstrain import report
 
     original_report_step = report._report_step
 
     def patched_report_step(model, weights_without_y):
         step = original_report_step(model, weights_without_y)
-        if not in_multi_worker_mode(model.distribute_strategy):
-            return step
         strategy = model.distribute_strategy
+        if not in_multi_worker_mode(strategy):
+            return step
         original_reduce = strategy.reduce
 
         def reduce_each(reduce_op, value, axis=None):
@@ -436,7 +447,7 @@ def canary(x, y):
             model.compile(optimizer="sgd", loss="binary_crossentropy")
         return model
 
-    class BuildOnlyFix(MultiWorkerBuildMixin, keras.Model):
+    class BuildOnlyFix(MultiWorkerCompatMixin, keras.Model):
         pass
 
     def build_only_fixed_model():
