@@ -8,6 +8,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from tfconstrain import tensorboard
+
 
 class MultiplierCallback(keras.callbacks.Callback):
     """Owns when the multipliers move, and writes them to TensorBoard.
@@ -26,14 +28,21 @@ class MultiplierCallback(keras.callbacks.Callback):
     `iterations`, so a resumed run keeps its schedule. After `fit`, the
     model returns to its previous schedule.
 
-    With `log_dir`, it writes per constraint the TensorBoard scalars
-    `constraints/NAME/value`, `.../violation`, `.../multiplier` (and
-    `.../penalty` where the formulation has one) at every epoch end, for
-    training (`log_dir/train`) and validation (`log_dir/validation`), and
-    histograms of vector multipliers (`.../multiplier_histogram`) every
-    `histogram_freq` epochs.
+    With `log_dir`, it writes TensorBoard summaries at every epoch end,
+    under Keras' own tags and runs so that each quantity is one series
+    whichever callbacks are used (see `tfconstrain.tensorboard`): per
+    constraint `epoch_NAME` (value), `epoch_NAME_violation`,
+    `epoch_NAME_multiplier`, `epoch_NAME_penalty` (where the formulation has
+    one) and `epoch_NAME_bound`, for training (`log_dir/train`) and
+    validation (`log_dir/validation`, data quantities only), histograms of
+    vector multipliers (`epoch_NAME_multiplier_histogram`) every
+    `histogram_freq` epochs, and a custom-scalars layout with one chart per
+    constraint (value, bound, multiplier). With a
+    `keras.callbacks.TensorBoard` on the same `log_dir` in the same `fit`,
+    the logged values are left to it. Only the chief worker writes.
     `batch_log_freq=n` also writes the multipliers every `n` training
-    batches (a host read each time, so it is off by default).
+    batches (`batch_NAME_multiplier`; a host read each time, so it is off
+    by default).
 
     Example:
 
@@ -157,64 +166,75 @@ class MultiplierCallback(keras.callbacks.Callback):
 
     # ------------------------------------------------------------- logging
     def _writer(self, kind: str):
+        """The summary writer of run `kind` (`"train"`, `"validation"`).
+
+        Created on first use in each `fit`; the train run also gets the
+        custom-scalars layout then.
+        """
         if kind not in self._writers:
-            self._writers[kind] = tf.summary.create_file_writer(
+            writer = tf.summary.create_file_writer(
                 os.path.join(self.log_dir, kind)
             )
+            self._writers[kind] = writer
+            if kind == "train":
+                with writer.as_default():
+                    tensorboard.write_layout(self.model.constraints)
         return self._writers[kind]
 
     def _write_epoch(self, epoch: int, logs: dict) -> None:
+        """Epoch scalars and histograms (see `tfconstrain.tensorboard`)."""
         model = self.model
-        for kind, prefix in (("train", ""), ("validation", "val_")):
-            entries = {}
-            for constraint in model.constraints:
-                name = constraint.name
-                for suffix, tag in (
-                    ("", "value"),
-                    ("_violation", "violation"),
-                    ("_multiplier", "multiplier"),
-                    ("_penalty", "penalty"),
-                ):
-                    key = f"{prefix}{name}{suffix}"
-                    if key in logs:
-                        entries[f"constraints/{name}/{tag}"] = logs[key]
-            if not entries:
+        if not tensorboard.is_chief(model):
+            return
+        scalars = tensorboard.epoch_scalars(
+            model.constraints,
+            logs,
+            keras_writes_logs=getattr(self, "_keras_tensorboard", False),
+        )
+        histograms = {}
+        if self.histogram_freq and epoch % self.histogram_freq == 0:
+            histograms = {
+                f"epoch_{name}_multiplier_histogram": _numpy(multiplier)
+                for name, multiplier in model.multipliers.items()
+                if len(multiplier.shape) == 1
+            }
+        for kind in ("train", "validation"):
+            if not scalars[kind] and not (kind == "train" and histograms):
                 continue
-            with self._writer(kind).as_default(step=epoch):
-                for tag, value in entries.items():
-                    tf.summary.scalar(tag, float(value))
-                if (
-                    kind == "train"
-                    and self.histogram_freq
-                    and (epoch % self.histogram_freq == 0)
-                ):
-                    for name, multiplier in model.multipliers.items():
-                        if len(multiplier.shape) == 1:
-                            tf.summary.histogram(
-                                f"constraints/{name}/multiplier_histogram",
-                                keras.ops.convert_to_numpy(multiplier),
-                            )
-            self._writer(kind).flush()
+            writer = self._writer(kind)
+            with writer.as_default(step=epoch):
+                for tag, value in scalars[kind].items():
+                    tf.summary.scalar(tag, value)
+                if kind == "train":
+                    for tag, values in histograms.items():
+                        tf.summary.histogram(tag, values)
+            writer.flush()
 
     def on_train_batch_end(self, batch, logs=None):
+        """Every `batch_log_freq` batches: `batch_NAME_multiplier` (mean
+        over entries) and `batch_NAME_penalty`, at the optimizer's step."""
         if not (self.log_dir and self.batch_log_freq):
             return
         self._batches_seen += 1
         if self._batches_seen % self.batch_log_freq:
             return
-        step = int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
+        if not tensorboard.is_chief(self.model):
+            return
+        step = int(_numpy(self.model.optimizer.iterations))
         with self._writer("train").as_default(step=step):
             for name, multiplier in self.model.multipliers.items():
-                value = keras.ops.convert_to_numpy(multiplier)
                 tf.summary.scalar(
-                    f"constraints/{name}/batch_multiplier",
-                    float(np.mean(value)),
+                    f"batch_{name}_multiplier",
+                    float(np.mean(_numpy(multiplier))),
                 )
             for name, penalty in self.model.penalties.items():
                 tf.summary.scalar(
-                    f"constraints/{name}/batch_penalty",
-                    float(keras.ops.convert_to_numpy(penalty)),
+                    f"batch_{name}_penalty", float(_numpy(penalty))
                 )
+
+
+def _numpy(variable) -> np.ndarray:
+    return tf.convert_to_tensor(variable).numpy()
 
 
 def _set_schedule(model, schedule) -> None:
