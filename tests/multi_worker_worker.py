@@ -163,15 +163,16 @@ def chief_only_writes(callbacks, strategy):
     still runs every callback, but on a worker that is not the chief
     (`strategy.extended.should_checkpoint` is `False`) each file-writing
     callback is pointed, for the duration of the `with` block, at a private
-    temporary directory that is deleted afterwards. Every string attribute
-    of the callback under its output path is redirected (Keras'
-    `BackupAndRestore` keeps four beside `backup_dir`), and a
-    `BackupAndRestore` directory is first copied there, so that every
-    worker restores the chief's backup. No-op except on the non-chief
-    workers of a multi-worker MWMS.
+    temporary directory that is deleted afterwards: the file of a
+    `ModelCheckpoint` or `CSVLogger`; the directory of the others, with
+    every string attribute under it (Keras' `BackupAndRestore` derives four
+    paths from `backup_dir`). A `BackupAndRestore` directory is first
+    copied there, so that every worker restores the chief's backup. No-op
+    except on the non-chief workers of a multi-worker MWMS.
 
     Args:
-        callbacks: The list given to `fit` (or `None`).
+        callbacks: What `fit` received: a list (possibly nested), a
+            `keras.callbacks.CallbackList`, or `None`.
         strategy: The model's `tf.distribute.Strategy`.
     """
     if (
@@ -180,25 +181,37 @@ def chief_only_writes(callbacks, strategy):
     ):
         yield
         return
+    if isinstance(callbacks, keras.callbacks.CallbackList):
+        callbacks = callbacks.callbacks
     temp_dir = tempfile.mkdtemp(prefix="tfconstrain_worker_")
     saved = []
     try:
-        for index, callback in enumerate(callbacks or ()):
+        for index, callback in enumerate(keras.tree.flatten(callbacks or [])):
             for cls, attribute, is_file in _output_paths():
                 path = getattr(callback, attribute, None)
                 if not isinstance(callback, cls) or not path:
                     continue
                 path = os.fspath(path)
-                root = os.path.dirname(path) if is_file else path
                 private = os.path.join(temp_dir, str(index))
-                if isinstance(callback, keras.callbacks.BackupAndRestore):
-                    _copy_tree(root, private)
-                for name, value in list(vars(callback).items()):
-                    if isinstance(value, str) and (
-                        value == root or value.startswith(root + os.sep)
-                    ):
-                        saved.append((callback, name, value))
-                        setattr(callback, name, private + value[len(root) :])
+                if is_file:
+                    redirected = {
+                        attribute: (
+                            path,
+                            os.path.join(private, os.path.basename(path)),
+                        )
+                    }
+                else:
+                    if isinstance(callback, keras.callbacks.BackupAndRestore):
+                        _copy_tree(path, private)
+                    redirected = {
+                        name: (value, private + value[len(path) :])
+                        for name, value in vars(callback).items()
+                        if isinstance(value, str)
+                        and (value == path or value.startswith(path + os.sep))
+                    }
+                for name, (original, new) in redirected.items():
+                    saved.append((callback, name, original))
+                    setattr(callback, name, new)
                 break
         yield
     finally:
@@ -355,7 +368,7 @@ def record_saves(log):
         original = getattr(keras.Model, method)
 
         def recording(self, filepath, *args, _original=original, **kwargs):
-            log.append(os.fspath(filepath))
+            log.append(os.path.abspath(os.fspath(filepath)))
             return _original(self, filepath, *args, **kwargs)
 
         setattr(keras.Model, method, recording)
@@ -372,9 +385,11 @@ def uninterrupted(out_dir, x, y):
         shuffle=False,
         verbose=0,
         callbacks=[
-            keras.callbacks.TensorBoard(os.path.join(chief, "tensorboard")),
+            # Relative paths (the working directory is `out_dir`) and
+            # absolute ones.
+            keras.callbacks.TensorBoard(os.path.join("chief", "tensorboard")),
             keras.callbacks.ModelCheckpoint(
-                os.path.join(chief, "checkpoint.weights.h5"),
+                os.path.join("chief", "checkpoint.weights.h5"),
                 save_weights_only=True,
             ),
             keras.callbacks.BackupAndRestore(
@@ -485,6 +500,8 @@ def main():
         task = "reference"
     saves = []
     record_saves(saves)
+    args.out_dir = os.path.abspath(args.out_dir)
+    os.chdir(args.out_dir)
     x, y = data()
     result = {
         "task": task,
