@@ -133,6 +133,7 @@ def read_layout(directory):
     return layout_pb2.Layout.FromString(events[-1][1].item())
 
 
+@pytest.mark.smoke
 def test_tensorboard_scalars_per_constraint(tmp_path):
     model, _ = lower_bound_model()
     dummy = np.zeros((1, 1), "float32")

@@ -55,6 +55,7 @@ def numpy_weights(model):
     return [keras.ops.convert_to_numpy(w) for w in model.weights]
 
 
+@pytest.mark.smoke
 @pytest.mark.parametrize("dual", ["ascent", "adam"])
 def test_mirrored_matches_single_device(mirrored, dual):
     def build_model():
@@ -80,6 +81,7 @@ def test_mirrored_matches_single_device(mirrored, dual):
         )
 
 
+@pytest.mark.smoke
 @pytest.mark.parametrize(
     "kwargs", [{"steps_per_execution": 4}, {"jit_compile": True}]
 )
@@ -115,6 +117,7 @@ def test_logged_loss_is_plain_keras_loss(mirrored):
     )
 
 
+@pytest.mark.smoke
 def test_epoch_logs_are_dataset_aggregates(mirrored):
     """`evaluate` reports the constraint over the whole dataset, exactly.
 

@@ -92,6 +92,7 @@ def test_dataset_level_gaps_equal_numpy_on_full_arrays(case, form):
     assert logs[f"{case}_violation"] == pytest.approx(expected.max(), abs=1e-6)
 
 
+@pytest.mark.smoke
 @pytest.mark.parametrize(
     "form, method",
     [

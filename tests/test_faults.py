@@ -50,6 +50,7 @@ class Record(keras.callbacks.Callback):
         self.values.append(float(self.model.multipliers["rate"].numpy()))
 
 
+@pytest.mark.smoke
 def test_skip_leaves_the_multiplier_unchanged_at_the_nan_step():
     model = build("skip")
     record = Record()

@@ -28,6 +28,7 @@ def compile_point(model, fn, lr=0.05, dual=0.05, **kwargs):
     )
 
 
+@pytest.mark.smoke
 def test_linear_inequality_active():
     """min (x1-2)² + (x2-1)² s.t. x1 + x2 <= 2.
 

@@ -100,6 +100,7 @@ def test_units_with_zero_gates_output_zero_at_inference():
     assert np.all(outputs[:, 1] > 0.0)
 
 
+@pytest.mark.smoke
 @pytest.mark.parametrize(
     "data_format",
     [
@@ -202,6 +203,7 @@ def test_l0_layers_round_trip_through_config():
         )
 
 
+@pytest.mark.smoke
 def test_model_with_l0_layers_saves_and_loads(tmp_path):
     inputs = keras.Input((6, 6, 1))
     hidden = L0Conv2D(4, 3, target_density=0.5, name="conv")(inputs)

@@ -39,6 +39,7 @@ def compile_default(model, **kwargs):
     )
 
 
+@pytest.mark.smoke
 def test_import_with_another_backend_raises_clear_import_error():
     environment = dict(os.environ, KERAS_BACKEND="numpy")
     result = subprocess.run(
@@ -52,6 +53,7 @@ def test_import_with_another_backend_raises_clear_import_error():
     assert "KERAS_BACKEND" in result.stderr
 
 
+@pytest.mark.smoke
 def test_proxy_drives_primal_true_value_drives_dual():
     """One alternating step with a 0/1 constraint and a linear proxy.
 
@@ -79,6 +81,7 @@ def test_proxy_drives_primal_true_value_drives_dual():
     np.testing.assert_allclose(x.numpy(), [1.05], rtol=1e-6)
 
 
+@pytest.mark.smoke
 def test_side_information_is_removed_and_exposed():
     seen = {}
 
@@ -158,6 +161,7 @@ def test_missing_side_information_key_names_the_constraint():
         model.fit(FEATURES, LABELS, epochs=1, verbose=0)
 
 
+@pytest.mark.smoke
 def test_sequential_model_trains_under_a_constraint():
     model = tfc.ConstrainedSequential(
         [keras.Input((4,)), keras.layers.Dense(1, activation="sigmoid")]
@@ -278,6 +282,7 @@ def test_sample_weighted_constraint_value_is_weighted_mean():
     np.testing.assert_allclose(logs["rate"], expected, rtol=1e-6)
 
 
+@pytest.mark.smoke
 def test_validation_logs_and_early_stopping_on_constraint_key():
     model = functional()
     model.add_constraint(mean_prediction, "<=", 0.05, name="rate")
@@ -300,6 +305,7 @@ def test_validation_logs_and_early_stopping_on_constraint_key():
     )
 
 
+@pytest.mark.smoke
 def test_mixed_precision_trains_with_loss_scaling():
     keras.mixed_precision.set_dtype_policy("mixed_float16")
     model = functional()
@@ -331,6 +337,7 @@ def test_no_retracing_per_step():
     assert len(traces) <= 4
 
 
+@pytest.mark.smoke
 def test_constraint_report_keys_and_values():
     model = functional()
     model.add_constraint(mean_prediction, ">=", 0.9, name="rate")

@@ -271,6 +271,7 @@ def test_recall_constraint_raises_recall_to_the_bound():
     assert recall >= 0.9 - 2 / positives.sum()
 
 
+@pytest.mark.smoke
 def test_rate_statistics_are_exact_under_mirrored_strategy(mirrored):
     p, y, g, w = _data(seed=6)
     constraint = tfc.constraints.TruePositiveRate(

@@ -54,6 +54,7 @@ def state(model):
     ]
 
 
+@pytest.mark.smoke
 @pytest.mark.parametrize("kind", sorted(COMPILES))
 def test_keras_file_round_trip_continues_training_exactly(kind, tmp_path):
     reference = build(kind)
@@ -74,6 +75,7 @@ def test_keras_file_round_trip_continues_training_exactly(kind, tmp_path):
         np.testing.assert_allclose(a, b, atol=1e-6)
 
 
+@pytest.mark.smoke
 def test_save_weights_and_checkpoint_include_multipliers(tmp_path):
     model = build("nupi")
     train(model, 2)
@@ -106,6 +108,7 @@ class _PreemptAtStep(keras.callbacks.Callback):
             raise RuntimeError("pre-empted")
 
 
+@pytest.mark.smoke
 @pytest.mark.parametrize(
     "kind, preempt, save_freq",
     [
