@@ -1,0 +1,541 @@
+"""Sensitivity study of dual methods and fixed penalties on the catalogue.
+
+Every problem of `catalogue_problems.PROBLEMS` is trained
+
+- with each dual method (plain gradient ascent, νPI, the augmented
+  Lagrangian with its classical step `λ ← [λ + c·v]₊`, scaled ascent) at
+  five dual step sizes over four decades,
+- with a fixed penalty `tfc.Penalty(c)` at the same five values of `c`,
+- once with `compile()` defaults (no formulation, no dual optimizer),
+
+and each run (a *cell*) is judged on the last iterate: feasible on the
+training data (and validation data where the problem has some) within the
+problem's slack, objective against the best feasible objective found for
+that problem, and the first epoch whose epoch-level violations were within
+the slack. Results are printed as tables, written to
+`results/catalogue[_quick].json`, and drawn as a heat map
+`results/catalogue[_quick].png`.
+
+`--cost` measures the paper's cost claim: a log-scale bisection over a
+fixed penalty coefficient, until the constraint holds and is active within
+the slack (the best objective among penalty runs), against one run with
+the defaults.
+
+Usage:
+
+    python benchmarks/catalogue.py --quick        # CI: < 3 minutes
+    nice -n 10 python benchmarks/catalogue.py     # the full study (long)
+    python benchmarks/catalogue.py --cost         # penalty search vs default
+    python benchmarks/catalogue.py --problems adult_dp --methods ascent
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import catalogue_problems  # noqa: E402
+
+import tfconstrain as tfc  # noqa: E402
+from tfconstrain.optimizers.scaled import ScaledAscent  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+# One thread: the machine is small and shared; runs are small models.
+THREADS = int(os.environ.get("TFCONSTRAIN_BENCH_THREADS", "1"))
+if THREADS:
+    tf.config.threading.set_intra_op_parallelism_threads(THREADS)
+    tf.config.threading.set_inter_op_parallelism_threads(THREADS)
+
+STEPS = (1e-3, 1e-2, 1e-1, 1.0, 10.0)
+QUICK_STEPS = (1e-2, 1.0)
+NUPI_KP = 10.0
+SCALED_KP = 1.0
+
+# Each method maps a step size / coefficient to `compile` keyword arguments.
+METHODS = {
+    "ascent": lambda eta: {
+        "dual_optimizer": tfc.optimizers.GradientAscent(eta)
+    },
+    "nupi": lambda eta: {
+        "dual_optimizer": tfc.optimizers.NuPI(eta, kp=NUPI_KP)
+    },
+    "alm": lambda c: {"formulation": tfc.AugmentedLagrangian(penalty=c)},
+    "scaled": lambda eta: {"dual_optimizer": ScaledAscent(eta)},
+    "scaled_pi": lambda eta: {
+        "dual_optimizer": ScaledAscent(eta, kp=SCALED_KP)
+    },
+    "penalty": lambda c: {"formulation": tfc.Penalty(c)},
+    "default": lambda _: {},
+}
+SWEPT = [name for name in METHODS if name != "default"]
+QUICK_PROBLEMS = (
+    "kkt_active",
+    "paper_example1",
+    "rate_4gaussians",
+    "scale_large",
+    "scale_small",
+)
+QUICK_METHODS = ("ascent", "scaled_pi", "penalty")
+
+
+# ----------------------------------------------------------------- one cell
+class _EpochLog(keras.callbacks.Callback):
+    def __init__(self):
+        super().__init__()
+        self.epochs = []
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.epochs.append({k: float(v) for k, v in (logs or {}).items()})
+
+
+def signed_violation(constraint, value: float) -> float:
+    """`v` of the (scalar) logged value: `c - b` or `b - c` (`>=`)."""
+    bound = float(np.max(np.asarray(constraint.bound)))
+    return bound - value if constraint.kind == ">=" else value - bound
+
+
+def _violations(logs: dict, names, prefix: str = "") -> dict:
+    return {n: logs.get(f"{prefix}{n}_violation", math.nan) for n in names}
+
+
+def run_cell(problem, method: str, value, epochs: int, seed: int = 0):
+    """Trains one problem with one method; returns the cell's record."""
+    keras.backend.clear_session()
+    keras.utils.set_random_seed(seed)
+    setup = problem.build(epochs)
+    model = setup.model
+    names = [c.name for c in model.constraints]
+    model.compile(
+        optimizer=setup.optimizer,
+        loss=setup.loss,
+        steps_per_execution=setup.steps_per_execution,
+        **METHODS[method](value),
+    )
+    log = _EpochLog()
+    start = time.perf_counter()
+    error = None
+    try:
+        model.fit(**setup.train, epochs=epochs, verbose=0, callbacks=[log])
+    except Exception as exc:  # a diverging run is an outcome, not a crash
+        error = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+    seconds = time.perf_counter() - start
+    record = {
+        "problem": problem.name,
+        "method": method,
+        "value": value,
+        "epochs": epochs,
+        "seconds": round(seconds, 2),
+        "error": error,
+    }
+    train = model.evaluate(**setup.evaluate_train, verbose=0, return_dict=True)
+    record["objective"] = float(train["loss"])
+    record["train_violation"] = _violations(train, names)
+    record["signed_violation"] = {
+        c.name: signed_violation(c, float(train[c.name]))
+        for c in model.constraints
+    }
+    record["multiplier"] = {
+        n: float(np.mean(model.multipliers[n].numpy())) for n in names
+    }
+    record["train_feasible"] = all(
+        v <= problem.train_slack for v in record["train_violation"].values()
+    )
+    if setup.evaluate_val is not None:
+        val = model.evaluate(**setup.evaluate_val, verbose=0, return_dict=True)
+        record["val_violation"] = _violations(val, names)
+        record["val_objective"] = float(val["loss"])
+        record["val_feasible"] = all(
+            v <= problem.val_slack for v in record["val_violation"].values()
+        )
+    else:
+        record["val_feasible"] = None
+    finite = math.isfinite(record["objective"]) and all(
+        math.isfinite(v) for v in record["train_violation"].values()
+    )
+    record["feasible"] = bool(
+        finite
+        and error is None
+        and record["train_feasible"]
+        and record["val_feasible"] is not False
+    )
+    first = None
+    for index, logs in enumerate(log.epochs):
+        epoch_violations = _violations(logs, names)
+        if all(v <= problem.train_slack for v in epoch_violations.values()):
+            first = index + 1
+            break
+    record["first_feasible_epoch"] = first
+    record["trace"] = {
+        n: [round(e.get(f"{n}_violation", math.nan), 6) for e in log.epochs]
+        for n in names
+    } | {
+        f"{n}_multiplier": [
+            round(e.get(f"{n}_multiplier", math.nan), 6) for e in log.epochs
+        ]
+        for n in names
+    }
+    return record
+
+
+# -------------------------------------------------------------------- study
+def judge(records: list) -> None:
+    """Adds `best_objective`, `gap` and `outcome` to every record in place.
+
+    Outcomes: `ok` (feasible, objective within the problem's margin of the
+    best feasible objective found for it), `over` (feasible but the
+    objective is worse than that), `infeasible`, `error`.
+    """
+    best = {}
+    for r in records:
+        if r["feasible"]:
+            best[r["problem"]] = min(
+                best.get(r["problem"], math.inf), r["objective"]
+            )
+    for r in records:
+        problem = catalogue_problems.BY_NAME[r["problem"]]
+        r["best_objective"] = best.get(r["problem"])
+        if r["error"] is not None and not r["feasible"]:
+            r["outcome"] = "error"
+        elif not r["feasible"]:
+            r["outcome"] = "infeasible"
+        else:
+            r["gap"] = r["objective"] - best[r["problem"]]
+            r["outcome"] = "ok" if r["gap"] <= problem.margin else "over"
+
+
+SYMBOLS = {"ok": "ok", "over": "ov", "infeasible": "--", "error": "!!"}
+
+
+def print_tables(records: list, steps) -> None:
+    problems = list(dict.fromkeys(r["problem"] for r in records))
+    methods = list(dict.fromkeys(r["method"] for r in records))
+    cells = {(r["problem"], r["method"], r["value"]): r for r in records}
+    print(
+        "\nOutcome per cell: ok = feasible and objective within margin, "
+        "ov = feasible but objective too high, -- = infeasible, "
+        "!! = error; (n) = first feasible epoch"
+    )
+    for method in methods:
+        if method == "default":
+            continue
+        print(f"\n{method}")
+        print(f"{'problem':18s}" + "".join(f"{s:>11g}" for s in steps))
+        for problem in problems:
+            row = f"{problem:18s}"
+            for s in steps:
+                r = cells.get((problem, method, s))
+                if r is None:
+                    row += f"{'':>11s}"
+                    continue
+                first = r["first_feasible_epoch"]
+                tag = SYMBOLS[r["outcome"]] + (
+                    f"({first})" if first is not None else ""
+                )
+                row += f"{tag:>11s}"
+            print(row)
+    print("\nShare of feasible cells per method (and ok = within margin):")
+    for method in methods:
+        rs = [r for r in records if r["method"] == method]
+        feasible = sum(r["feasible"] for r in rs)
+        ok = sum(r["outcome"] == "ok" for r in rs)
+        print(
+            f"  {method:10s} feasible {feasible:3d}/{len(rs):<3d} "
+            f"({100 * feasible / len(rs):5.1f} %)   ok {ok:3d}/{len(rs)}"
+        )
+    defaults = [r for r in records if r["method"] == "default"]
+    if defaults:
+        print("\ncompile() defaults:")
+        for r in defaults:
+            gap = r.get("gap")
+            print(
+                f"  {r['problem']:18s} {r['outcome']:10s} objective "
+                f"{r['objective']:.4f} (best feasible "
+                f"{_round(r['best_objective'])}"
+                f"{'' if gap is None else f', gap {gap:+.4f}'}) first "
+                f"feasible epoch {r['first_feasible_epoch']} / "
+                f"{r['epochs']}, {r['seconds']:.1f} s"
+            )
+
+
+def _round(value):
+    return None if value is None else round(value, 4)
+
+
+def heat_map(records: list, steps, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import ListedColormap
+
+    problems = list(dict.fromkeys(r["problem"] for r in records))
+    methods = [
+        m for m in dict.fromkeys(r["method"] for r in records) if m != "default"
+    ]
+    code = {"ok": 3, "over": 2, "infeasible": 1, "error": 0}
+    cells = {(r["problem"], r["method"], r["value"]): r for r in records}
+    colours = ListedColormap(["#555555", "#d7301f", "#fdae61", "#1a9850"])
+    fig, axes = plt.subplots(
+        1,
+        len(methods),
+        figsize=(2.1 * len(methods) + 1.5, 0.42 * len(problems) + 1.6),
+        sharey=True,
+        squeeze=False,
+    )
+    for ax, method in zip(axes[0], methods):
+        grid = np.full((len(problems), len(steps)), np.nan)
+        for i, p in enumerate(problems):
+            for j, s in enumerate(steps):
+                r = cells.get((p, method, s))
+                if r is not None:
+                    grid[i, j] = code[r["outcome"]]
+                    first = r["first_feasible_epoch"]
+                    if first is not None:
+                        ax.text(
+                            j,
+                            i,
+                            str(first),
+                            ha="center",
+                            va="center",
+                            fontsize=6,
+                        )
+        ax.imshow(grid, cmap=colours, vmin=-0.5, vmax=3.5, aspect="auto")
+        ax.set_title(method, fontsize=9)
+        ax.set_xticks(
+            range(len(steps)),
+            [f"{s:g}" for s in steps],
+            fontsize=7,
+            rotation=45,
+        )
+        ax.set_yticks(range(len(problems)), problems, fontsize=7)
+    fig.suptitle(
+        "green: feasible & objective within margin; orange: "
+        "feasible, worse objective; red: infeasible; grey: error.\n"
+        "Numbers: first feasible epoch. x: step size (penalty: c)",
+        fontsize=8,
+    )
+    fig.tight_layout()
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+
+
+def study(problems, methods, steps, quick: bool, out: Path, resume: bool):
+    records = []
+    if resume and out.exists():
+        records = json.loads(out.read_text())["cells"]
+    done = {(r["problem"], r["method"], r["value"]) for r in records}
+    for problem in problems:
+        epochs = problem.quick_epochs if quick else problem.epochs
+        for method in methods:
+            values = [None] if method == "default" else steps
+            for value in values:
+                if (problem.name, method, value) in done:
+                    continue
+                record = run_cell(problem, method, value, epochs)
+                records.append(record)
+                print(
+                    f"{problem.name:18s} {method:10s} {value!s:>7s} "
+                    f"feasible={record['feasible']!s:5s} "
+                    f"f={record['objective']:.4f} "
+                    f"viol={record['train_violation']} "
+                    f"first={record['first_feasible_epoch']} "
+                    f"{record['seconds']:.1f}s",
+                    flush=True,
+                )
+                _write(out, records, steps, quick)
+    judge(records)
+    _write(out, records, steps, quick)
+    return records
+
+
+def _write(out: Path, records, steps, quick) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "quick": quick,
+        "steps": list(steps),
+        "problems": {
+            p.name: {
+                "description": p.description,
+                "epochs": p.quick_epochs if quick else p.epochs,
+                "train_slack": p.train_slack,
+                "val_slack": p.val_slack,
+                "margin": p.margin,
+                "natural_scale": p.natural_scale,
+            }
+            for p in catalogue_problems.PROBLEMS
+        },
+        "cells": records,
+    }
+    tmp = out.with_suffix(".tmp")
+    tmp.write_text(json.dumps(payload, indent=1))
+    tmp.replace(out)
+
+
+# -------------------------------------------------------------------- cost
+def penalty_search(problem, epochs: int, low=1e-3, high=1e2, max_runs=12):
+    """Log-scale bisection over `tfc.Penalty(c)`.
+
+    A run *holds* when the constraint is satisfied within the slack
+    (train, and validation where there is one) and is active within it
+    (`|v| <= slack`): the best objective a fixed penalty can reach. Larger
+    `c` pushes `v` down. Stops at the first run that holds, or when the
+    bracket is narrower than a factor 1.05, or after `max_runs` runs.
+    """
+    runs = []
+
+    def trial(c):
+        r = run_cell(problem, "penalty", c, epochs)
+        ((name, v),) = list(r["signed_violation"].items())[:1]
+        r["signed"] = v
+        runs.append(r)
+        return v
+
+    # Bracket: v(low) > slack > v(high) (expanding by 100x at most twice).
+    for _ in range(3):
+        v = trial(high)
+        if abs(v) <= problem.train_slack and runs[-1]["feasible"]:
+            return runs
+        if v < problem.train_slack:
+            break
+        high *= 100.0
+    for _ in range(3):
+        v = trial(low)
+        if abs(v) <= problem.train_slack and runs[-1]["feasible"]:
+            return runs
+        if v > -problem.train_slack:
+            break
+        low /= 100.0
+    while len(runs) < max_runs and high / low > 1.05:
+        middle = math.sqrt(low * high)
+        v = trial(middle)
+        if abs(v) <= problem.train_slack and runs[-1]["feasible"]:
+            return runs
+        if v > 0:
+            low = middle
+        else:
+            high = middle
+    return runs
+
+
+def cost(problem_names, out: Path):
+    rows = []
+    for name in problem_names:
+        problem = catalogue_problems.BY_NAME[name]
+        default = run_cell(problem, "default", None, problem.epochs)
+        runs = penalty_search(problem, problem.epochs)
+        held = [
+            r
+            for r in runs
+            if abs(r["signed"]) <= problem.train_slack and r["feasible"]
+        ]
+        row = {
+            "problem": name,
+            "default": {
+                k: default[k]
+                for k in (
+                    "feasible",
+                    "objective",
+                    "seconds",
+                    "epochs",
+                    "first_feasible_epoch",
+                    "train_violation",
+                    "signed_violation",
+                )
+            },
+            "search_runs": len(runs),
+            "search_epochs": sum(r["epochs"] for r in runs),
+            "search_seconds": round(sum(r["seconds"] for r in runs), 1),
+            "search_found": bool(held),
+            "search_objective": held[-1]["objective"] if held else None,
+            "coefficients": [r["value"] for r in runs],
+            "search_violations": [r["signed"] for r in runs],
+        }
+        row["epoch_ratio"] = row["search_epochs"] / default["epochs"]
+        row["time_ratio"] = row["search_seconds"] / max(
+            default["seconds"], 1e-9
+        )
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    out.write_text(json.dumps(rows, indent=1))
+    print("\nPenalty search (log bisection over c) vs one default run:")
+    print(
+        f"{'problem':16s} {'runs':>5s} {'epochs':>7s} {'seconds':>8s} "
+        f"{'found':>6s} {'epoch x':>8s} {'time x':>7s} default feasible"
+    )
+    for row in rows:
+        print(
+            f"{row['problem']:16s} {row['search_runs']:5d} "
+            f"{row['search_epochs']:7d} {row['search_seconds']:8.1f} "
+            f"{row['search_found']!s:>6s} {row['epoch_ratio']:8.1f} "
+            f"{row['time_ratio']:7.1f} {row['default']['feasible']}"
+        )
+    return rows
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="CI subset: few problems, cells and epochs",
+    )
+    parser.add_argument("--problems", nargs="*", default=None)
+    parser.add_argument("--methods", nargs="*", default=None)
+    parser.add_argument("--steps", nargs="*", type=float, default=None)
+    parser.add_argument(
+        "--cost",
+        action="store_true",
+        help="penalty bisection vs one default run",
+    )
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="skip cells already in the output JSON",
+    )
+    parser.add_argument("--out", default=None, help="output JSON path")
+    args = parser.parse_args(argv)
+
+    if args.cost:
+        names = args.problems or ["rate_4gaussians", "adult_dp", "l0_digits"]
+        return cost(names, Path(args.out or RESULTS / "catalogue_cost.json"))
+
+    names = args.problems or (
+        list(QUICK_PROBLEMS)
+        if args.quick
+        else [p.name for p in catalogue_problems.PROBLEMS]
+    )
+    problems = [catalogue_problems.BY_NAME[n] for n in names]
+    methods = args.methods or (
+        list(QUICK_METHODS) + ["default"] if args.quick else SWEPT + ["default"]
+    )
+    steps = tuple(args.steps or (QUICK_STEPS if args.quick else STEPS))
+    suffix = "_quick" if args.quick else ""
+    out = Path(args.out or RESULTS / f"catalogue{suffix}.json")
+    start = time.perf_counter()
+    records = study(problems, methods, steps, args.quick, out, args.resume)
+    print_tables(records, steps)
+    heat_map(records, steps, out.with_suffix(".png"))
+    print(
+        f"\nwrote {out} and {out.with_suffix('.png')} "
+        f"({time.perf_counter() - start:.0f} s)"
+    )
+    return records
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,149 @@
+"""Scaled ascent: the scale-free dual step chosen by the catalogue study.
+
+Expected numbers come from the update rule itself,
+
+    s_t = max(s_{t-1}, max_i |v_{t,i}|),  u_t = v_t / s_t,
+    λ_{t+1} = [λ_t + (η / s_t)·(u_t + κ_p·(u_t − u_{t−1}))]₊,
+
+and from closed-form KKT points.
+"""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from problems import objective
+from problems import point_model
+from problems import run_steps
+
+import tfconstrain as tfc
+from tfconstrain.optimizers.scaled import ScaledAscent
+
+
+def _built(optimizer, shapes):
+    """Builds `optimizer` with plain variables; returns (multipliers, state)."""
+    multipliers = {
+        name: keras.Variable(np.zeros(shape, "float32"))
+        for name, shape in shapes.items()
+    }
+    state = {}
+
+    def create_state(name, shape, initial_value):
+        state[name] = keras.Variable(np.full(shape, initial_value, "float32"))
+        return state[name]
+
+    optimizer.build(multipliers, create_state)
+    return multipliers, state
+
+
+def test_first_step_is_eta_over_the_violation():
+    """s_0 = |v_0|, u_0 = 1: λ_1 = η / |v_0| (κ_p plays no part)."""
+    for kp in (0.0, 3.0):
+        optimizer = ScaledAscent(0.2, kp=kp)
+        multipliers, _ = _built(optimizer, {"c": ()})
+        proposed = optimizer.propose(
+            "c", multipliers["c"], tf.constant(4.0), None
+        )
+        assert float(proposed) == pytest.approx(0.2 / 4.0)
+
+
+def test_proportional_term_by_hand():
+    """v = 2 then 1, η = 0.1, κ_p = 1: s = 2; u = 1, 0.5.
+
+    λ_1 = 0.05·1 = 0.05; λ_2 = 0.05 + 0.05·(0.5 + (0.5 − 1)) = 0.05.
+    Without κ_p: λ_2 = 0.05 + 0.05·0.5 = 0.075.
+    """
+    for kp, expected in ((1.0, 0.05), (0.0, 0.075)):
+        optimizer = ScaledAscent(0.1, kp=kp)
+        multipliers, _ = _built(optimizer, {"c": ()})
+        lam = multipliers["c"]
+        lam.assign(optimizer.propose("c", lam, tf.constant(2.0), None))
+        assert float(lam) == pytest.approx(0.05)
+        lam.assign(optimizer.propose("c", lam, tf.constant(1.0), None))
+        assert float(lam) == pytest.approx(expected)
+
+
+def test_scale_is_the_largest_violation_magnitude_over_entries():
+    """Vector constraint: s = max_i |v_i| over entries with data only."""
+    optimizer = ScaledAscent(1.0, kp=1.0)
+    multipliers, state = _built(optimizer, {"c": (3,)})
+    violation = tf.constant([0.5, -2.0, 8.0])
+    mask = tf.constant([True, True, False])
+    # The model zeroes masked entries before a stateful optimizer sees them.
+    masked = tf.where(mask, violation, 0.0)
+    proposed = optimizer.propose("c", multipliers["c"], masked, mask)
+    assert float(state["c_scale"]) == pytest.approx(2.0)
+    # λ = η/s · u = v / s² on entries with data.
+    np.testing.assert_allclose(proposed.numpy()[:2], [0.5 / 4, -2.0 / 4])
+    # The masked entry's previous-violation state is untouched.
+    assert float(state["c_scaled_started"][2]) == 0.0
+    assert float(state["c_scaled_previous"][2]) == 0.0
+
+
+def test_zero_violation_gives_zero_step_and_no_nan():
+    optimizer = ScaledAscent(0.1, kp=1.0)
+    multipliers, state = _built(optimizer, {"c": ()})
+    proposed = optimizer.propose("c", multipliers["c"], tf.constant(0.0), None)
+    assert float(proposed) == 0.0
+    assert float(state["c_scale"]) == 0.0
+
+
+def test_indices_read_and_write_only_those_entries():
+    optimizer = ScaledAscent(1.0, kp=1.0)
+    multipliers, state = _built(optimizer, {"each": (5,)})
+    multipliers["each"].assign([1.0, 1.0, 1.0, 1.0, 1.0])
+    proposed = optimizer.propose(
+        "each",
+        multipliers["each"],
+        tf.constant([2.0, -1.0]),
+        tf.constant([True, True]),
+        indices=tf.constant([3, 0]),
+    )
+    # s = 2: entry 3 gets 1 + 2/4, entry 0 gets 1 - 1/4.
+    np.testing.assert_allclose(proposed.numpy(), [1.5, 0.75])
+    np.testing.assert_array_equal(
+        state["each_scaled_started"].numpy(), [1, 0, 0, 1, 0]
+    )
+
+
+def _solve_lower_bound(scale, steps=3000):
+    """min (x - 3)² s.t. scale·x <= scale·1: x* = 1, λ* = 4 / scale."""
+    model, point = point_model([0.0])
+    x = point.x
+    model.add_constraint(lambda b: scale * x[0], "<=", scale * 1.0, name="c")
+    model.compile(
+        optimizer=keras.optimizers.SGD(0.05),
+        loss=objective(lambda: (x[0] - 3.0) ** 2),
+        dual_optimizer=ScaledAscent(0.1, kp=1.0),
+        steps_per_execution=100,
+    )
+    run_steps(model, steps)
+    return float(x.numpy()[0]), float(model.multipliers["c"].numpy())
+
+
+def test_kkt_point_and_multiplier_whatever_the_units():
+    """The same iterates in units 1, 100 and 0.001: x* = 1, λ* = 4/scale.
+
+    Stationarity 2(x - 3) + λ·scale = 0 at x = 1 gives λ* = 4 / scale. The
+    update is invariant to the constraint's units, so one step size serves
+    all three (plain ascent would need steps 10⁵·² apart).
+    """
+    for scale in (1.0, 100.0, 0.001):
+        x, lam = _solve_lower_bound(scale)
+        assert x == pytest.approx(1.0, abs=1e-3), scale
+        assert lam * scale == pytest.approx(4.0, rel=1e-2), scale
+
+
+def test_config_round_trip_and_bad_arguments():
+    optimizer = ScaledAscent(0.3, kp=2.0)
+    clone = tfc.optimizers.get(optimizer)
+    assert isinstance(clone, ScaledAscent)
+    assert clone.get_config() == {"learning_rate": 0.3, "kp": 2.0}
+    restored = keras.saving.deserialize_keras_object(
+        keras.saving.serialize_keras_object(optimizer)
+    )
+    assert restored.get_config() == optimizer.get_config()
+    with pytest.raises(ValueError, match="learning_rate"):
+        ScaledAscent(0.0)
+    with pytest.raises(ValueError, match="kp"):
+        ScaledAscent(0.1, kp=-1.0)
