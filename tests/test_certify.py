@@ -205,3 +205,37 @@ def test_the_model_method_passes_confidence_on():
     assert report["recall"]["worst_case"] == pytest.approx(
         stats.beta.ppf(0.1, 19, 2), abs=1e-6
     )
+
+
+def test_equalized_odds_splits_the_level_over_rates_and_groups():
+    rng = np.random.default_rng(3)
+    n = 3000
+    group = rng.integers(0, 2, n).astype("int32")
+    labels = rng.integers(0, 2, n).astype("float32")[:, None]
+    scores = rng.uniform(size=(n, 1)).astype("float32")
+    eodds = tfc.constraints.EqualizedOdds("g", form="vs_overall") <= 0.05
+    model = identity_model([eodds])
+    entry = constraint_report(
+        model,
+        ({"score": scores, "g": group}, labels),
+        batch_size=500,
+        confidence=CONFIDENCE,
+    )["equalized_odds"]
+    positive, y = scores[:, 0] > 0.5, labels[:, 0] == 1
+    # Cells: (rate, column) for rates (tpr, fpr), columns (g=0, g=1, all).
+    members = [group == 0, group == 1, np.ones(n, bool)]
+    k, m = [], []
+    for condition in (y, ~y):  # true-positive rate, false-positive rate
+        for member in members:
+            k.append(np.sum(positive & condition & member))
+            m.append(np.sum(condition & member))
+    k, m = np.array(k, float), np.array(m, float)
+    level = 1.0 - ALPHA / 12  # 6 cells, an upper and a lower bound each
+    upper = stats.beta.ppf(level, k + 1, m - k)
+    lower = stats.beta.ppf(1.0 - level, k, m - k + 1)
+    # vs_overall entries per rate: r_g - r_all (g = 0, 1), r_all - r_g.
+    expected = []
+    for base in (0, 3):
+        expected += [upper[base + g] - lower[base + 2] for g in (0, 1)]
+        expected += [upper[base + 2] - lower[base + g] for g in (0, 1)]
+    np.testing.assert_allclose(entry["worst_case"], expected, atol=1e-6)

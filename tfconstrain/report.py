@@ -185,7 +185,7 @@ def build_report(
                 "entries that involve them are not evaluated (reported as "
                 "satisfied). Report on data that contains every group.",
                 UserWarning,
-                stacklevel=3,
+                stacklevel=4,
             )
     return report
 
