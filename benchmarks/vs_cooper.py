@@ -244,28 +244,36 @@ def epoch_time(run: dict) -> float:
     return statistics.median(run["epoch_seconds"][WARMUP_EPOCHS:])
 
 
+def best_epoch(run: dict) -> float:
+    """Fastest epoch after the first two."""
+    return min(run["epoch_seconds"][WARMUP_EPOCHS:])
+
+
 def summarize(runs: dict, rows: list) -> dict:
     summary = {}
     for name, _, plain in rows:
         times = [epoch_time(run) for run in runs[name]]
         row = {
             "epoch_seconds_median": statistics.median(times),
-            "epoch_seconds_best": min(
-                min(run["epoch_seconds"][WARMUP_EPOCHS:]) for run in runs[name]
-            ),
+            "epoch_seconds_best": min(best_epoch(run) for run in runs[name]),
             "warmup_seconds_median": statistics.median(
                 sum(run["epoch_seconds"][:WARMUP_EPOCHS]) for run in runs[name]
             ),
             "epoch_seconds_per_round": times,
         }
+        others = {}
         if plain is not None:
-            row["ratio_to_own_plain"] = statistics.median(
-                t / epoch_time(p) for t, p in zip(times, runs[plain])
-            )
+            others["own_plain"] = plain
         if name.startswith("tfconstrain"):
-            row["ratio_to_cooper"] = statistics.median(
-                t / epoch_time(c) for t, c in zip(times, runs["Cooper"])
-            )
+            others["cooper"] = "Cooper"
+        for key, other in others.items():
+            # Median over rounds of the paired ratio, of median and of best
+            # epoch times (the best is less sensitive to a loaded machine).
+            for estimate, fn in (("", epoch_time), ("_best", best_epoch)):
+                row[f"ratio_to_{key}{estimate}"] = statistics.median(
+                    fn(run) / fn(base)
+                    for run, base in zip(runs[name], runs[other])
+                )
         for split in ("train", "test"):
             for metric in ("accuracy", "dp_gap"):
                 values = [run["scores"][split][metric] for run in runs[name]]
@@ -281,18 +289,24 @@ def summarize(runs: dict, rows: list) -> dict:
 
 def print_table(summary: dict) -> None:
     print(
-        f"{'candidate':<28} {'s/epoch':>8} {'best':>6} {'/ own plain':>11} "
-        f"{'/ Cooper':>9} {'train acc':>9} {'test acc':>9} "
+        f"{'':<28} {'s/epoch':>14} {'/ own plain':>11} {'/ Cooper':>11}\n"
+        f"{'candidate':<28} {'median':>7}{'best':>7} {'median':>6}{'best':>5} "
+        f"{'median':>6}{'best':>5} {'train acc':>9} {'test acc':>9} "
         f"{'train DP':>8} {'test DP':>8} {'feasible':>8}"
     )
+
+    def ratio(row, key):
+        value = row.get(key)
+        return f"{value:.2f}" if value else ""
+
     for name, row in summary.items():
-        own = row.get("ratio_to_own_plain")
-        cooper = row.get("ratio_to_cooper")
         print(
-            f"{name:<28} {row['epoch_seconds_median']:>8.3f} "
-            f"{row['epoch_seconds_best']:>6.3f} "
-            f"{f'{own:.2f}' if own else '':>11} "
-            f"{f'{cooper:.2f}' if cooper else '':>9} "
+            f"{name:<28} {row['epoch_seconds_median']:>7.3f}"
+            f"{row['epoch_seconds_best']:>7.3f} "
+            f"{ratio(row, 'ratio_to_own_plain'):>6}"
+            f"{ratio(row, 'ratio_to_own_plain_best'):>5} "
+            f"{ratio(row, 'ratio_to_cooper'):>6}"
+            f"{ratio(row, 'ratio_to_cooper_best'):>5} "
             f"{row['train_accuracy_mean']:>9.4f} "
             f"{row['test_accuracy_mean']:>9.4f} "
             f"{row['train_dp_gap_mean']:>8.4f} "
