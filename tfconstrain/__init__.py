@@ -24,6 +24,16 @@ if _requested is not None and _requested.strip().lower() != "tensorflow":
     # fail on that backend's own missing packages first.
     raise _backend_error(_requested)
 
+try:
+    import tensorflow as _tf  # noqa: E402, F401
+except ModuleNotFoundError as _error:  # pragma: no cover - install dependent
+    raise ImportError(
+        "tfconstrain needs TensorFlow, which is an optional extra so that "
+        "you can pick the build: install it with `pip install "
+        '"tfconstrain[tensorflow]"` (regular, GPU-capable wheel) or `pip '
+        'install "tfconstrain[cpu]"` (CPU-only wheel).'
+    ) from _error
+
 import keras as _keras  # noqa: E402
 
 if _keras.backend.backend() != "tensorflow":
@@ -49,12 +59,15 @@ from tfconstrain import constraints  # noqa: E402
 from tfconstrain import datasets  # noqa: E402
 from tfconstrain import layers  # noqa: E402
 from tfconstrain import optimizers  # noqa: E402
+from tfconstrain import plot  # noqa: E402
 from tfconstrain import safeguards  # noqa: E402
 from tfconstrain.batch import Batch  # noqa: E402
 from tfconstrain.callbacks import MultiplierCallback  # noqa: E402
 from tfconstrain.constraint import Constraint  # noqa: E402
 from tfconstrain.constraint import FunctionConstraint  # noqa: E402
 from tfconstrain.feasible import BestFeasibleWeights  # noqa: E402
+from tfconstrain.feasible import FeasibleEarlyStopping  # noqa: E402
+from tfconstrain.feasible import FeasibleModelCheckpoint  # noqa: E402
 from tfconstrain.formulations import AugmentedLagrangian  # noqa: E402
 from tfconstrain.formulations import Formulation  # noqa: E402
 from tfconstrain.formulations import Lagrangian  # noqa: E402
@@ -72,6 +85,8 @@ __all__ = [
     "ConstrainedModel",
     "ConstrainedSequential",
     "Constraint",
+    "FeasibleEarlyStopping",
+    "FeasibleModelCheckpoint",
     "Formulation",
     "FunctionConstraint",
     "Lagrangian",
@@ -82,5 +97,6 @@ __all__ = [
     "datasets",
     "layers",
     "optimizers",
+    "plot",
     "safeguards",
 ]

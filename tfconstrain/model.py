@@ -23,8 +23,8 @@ from typing import NamedTuple
 import keras
 import numpy as np
 import tensorflow as tf
-from keras.src.models.functional import Functional
 
+from tfconstrain import _keras_compat
 from tfconstrain import distribute
 from tfconstrain import formulations as formulations_module
 from tfconstrain import optimizers as optimizers_module
@@ -35,8 +35,10 @@ from tfconstrain.metrics import ConstraintMetric
 from tfconstrain.optimizers.base import read_entries
 from tfconstrain.optimizers.base import write_entries
 
+Functional = _keras_compat.functional_class()
+
 UPDATE_SCHEMES = ("alternating", "simultaneous", "alternating_primal_first")
-RESERVED_NAMES = ("loss", "lagrangian")
+RESERVED_NAMES = ("loss", "lagrangian", "feasible")
 
 
 class _DualSchedule(NamedTuple):
@@ -117,7 +119,7 @@ def _is_functional_call(args: tuple, kwargs: dict) -> bool:
 
 
 @keras.saving.register_keras_serializable(package="tfconstrain")
-class ConstrainedModel(keras.Model):
+class ConstrainedModel(_keras_compat.MultiWorkerCompatMixin, keras.Model):
     """A `keras.Model` trained under constraints by Lagrangian methods.
 
     Build it like any Keras model: functional
@@ -383,7 +385,9 @@ class ConstrainedModel(keras.Model):
     def train_step(self, data):
         counter = self.__dict__.get("_tfc_resume_skip")
         if counter is None:
-            return self._constrained_train_step(data)
+            return _keras_compat.multi_worker_step_logs(
+                self._constrained_train_step(data)
+            )
         # Resuming mid-epoch: the first batches of the epoch were trained
         # before the interruption; consume them without a step.
 
@@ -391,8 +395,10 @@ class ConstrainedModel(keras.Model):
             counter.assign_sub(1)
             return self._step_logs()
 
-        return tf.cond(
-            counter > 0, skip, lambda: self._constrained_train_step(data)
+        return _keras_compat.multi_worker_step_logs(
+            tf.cond(
+                counter > 0, skip, lambda: self._constrained_train_step(data)
+            )
         )
 
     def _constrained_train_step(self, data):
@@ -468,7 +474,7 @@ class ConstrainedModel(keras.Model):
             statistics = self._statistics(constraint, batch, "true")
             self._tfc.metrics[constraint.name].update_state(statistics)
         self._update_compiled_metrics(y, y_pred, sample_weight)
-        return self._step_logs()
+        return _keras_compat.multi_worker_step_logs(self._step_logs())
 
     def _forward(self, x, training):
         if self._call_has_training_arg:
@@ -506,8 +512,27 @@ class ConstrainedModel(keras.Model):
         # constraint keys, which must still reach the epoch logs.
         metric_logs = self.get_metrics_result()
         if isinstance(logs, dict) and set(logs) <= set(metric_logs):
-            return metric_logs
-        return logs
+            logs = metric_logs
+        return self._with_feasibility(logs)
+
+    def _with_feasibility(self, logs):
+        """Adds `feasible`: 1.0 when every constraint is within tolerance.
+
+        Read from the dataset-level `NAME_violation` entries of the logs
+        (epoch logs of `fit`, logs of `evaluate`; `val_feasible` follows
+        from Keras' `val_` prefix).
+        """
+        constraints = self._tfc.constraints
+        if not isinstance(logs, dict) or not constraints:
+            return logs
+        keys = [f"{c.name}_violation" for c in constraints]
+        if not all(key in logs for key in keys):
+            return logs
+        feasible = all(
+            float(keras.ops.convert_to_numpy(logs[key])) <= c.tolerance
+            for key, c in zip(keys, constraints)
+        )
+        return {**logs, "feasible": 1.0 if feasible else 0.0}
 
     # ------------------------------------------------------ constraint maths
     def _statistics(self, constraint: Constraint, batch: Batch, which: str):
@@ -914,22 +939,18 @@ class ConstrainedModel(keras.Model):
     # ------------------------------------------------------ constraint setup
     def _as_constraint(self, constraint, kind, bound, name, proxy, tolerance):
         if isinstance(constraint, Constraint):
-            overrides = (kind, bound, name, proxy, tolerance)
-            if all(value is None for value in overrides):
-                return constraint
-            config = constraint.get_config()
-            if tolerance is not None:
-                config["tolerance"] = tolerance
-            if kind is not None:
-                config["kind"] = kind
-            if bound is not None:
-                config["bound"] = bound
-            if name is not None:
-                config["name"] = name
-            copy = type(constraint).from_config(config)
-            if proxy is not None:
-                copy.proxy = proxy
-            return copy
+            overrides = {
+                "kind": kind,
+                "bound": bound,
+                "name": name,
+                "proxy": proxy,
+                "tolerance": tolerance,
+            }
+            changes = {k: v for k, v in overrides.items() if v is not None}
+            if changes:
+                constraint = constraint.copy(**changes)
+            constraint.require_bound()
+            return constraint
         label = name or getattr(constraint, "__name__", "constraint")
         if not callable(constraint):
             raise TypeError(
@@ -1038,7 +1059,16 @@ class ConstrainedModel(keras.Model):
           the backup was taken (same data order required: no shuffling,
           or a seeded one).
         """
+        from tfconstrain.feasible import warn_objective_only_callbacks
+
         callbacks = self._with_safeguards(callbacks)
+        warn_objective_only_callbacks(callbacks, self)
+        with _keras_compat.chief_only_writes(
+            callbacks, self.distribute_strategy
+        ):
+            return self._fit(args, callbacks, kwargs)
+
+    def _fit(self, args, callbacks, kwargs):
         skip = _batches_done_in_backup(callbacks)
         if not skip:
             return super().fit(*args, callbacks=callbacks, **kwargs)
@@ -1054,15 +1084,15 @@ class ConstrainedModel(keras.Model):
             self.train_function = None
 
     def _with_safeguards(self, callbacks):
-        try:
-            from tfconstrain.safeguards import MultiplierGrowthMonitor
-        except ImportError:
-            return callbacks
+        from tfconstrain.safeguards import ConstraintDiagnostics
+        from tfconstrain.safeguards import MultiplierGrowthMonitor
+
         if isinstance(callbacks, keras.callbacks.CallbackList):
             return callbacks
         callbacks = list(callbacks or [])
-        if not any(isinstance(c, MultiplierGrowthMonitor) for c in callbacks):
-            callbacks.append(MultiplierGrowthMonitor())
+        for monitor in (MultiplierGrowthMonitor, ConstraintDiagnostics):
+            if not any(isinstance(c, monitor) for c in callbacks):
+                callbacks.append(monitor())
         return callbacks
 
     def make_train_function(self, force=False):
@@ -1224,7 +1254,7 @@ class ConstrainedModel(keras.Model):
         if not isinstance(self, Functional):
             return ()
         names = [t.name for t in tf.nest.flatten(self.inputs)]
-        structure = getattr(self, "_inputs_struct", None)
+        structure = _keras_compat.input_structure(self)
         if isinstance(structure, dict):
             names.extend(structure)
         return tuple(names)
@@ -1246,7 +1276,7 @@ class ConstrainedModel(keras.Model):
             for key in x
             if key in declared or (is_functional and key not in inputs)
         ]
-        structure = getattr(self, "_inputs_struct", None)
+        structure = _keras_compat.input_structure(self)
         single_input = isinstance(self, keras.Sequential) or (
             is_functional and not isinstance(structure, dict)
         )
@@ -1385,11 +1415,7 @@ def _batches_done_in_backup(callbacks) -> int:
             continue
         if callback.save_freq == "epoch":
             return 0
-        path = getattr(
-            callback,
-            "_training_metadata_path",
-            os.path.join(callback.backup_dir, "training_metadata.json"),
-        )
+        path = _keras_compat.backup_metadata_path(callback)
         if not os.path.exists(path):
             return 0
         with open(path) as file:

@@ -115,8 +115,13 @@ def _report_step(model, weights_without_y: bool):
     @tf.function
     def step(element):
         per_replica = strategy.run(replica_step, args=(element,))
-        return strategy.reduce(
-            tf.distribute.ReduceOp.SUM, per_replica, axis=None
+        # One reduce per tensor: `Strategy.reduce` takes a single value
+        # (a nest fails under multi-worker strategies).
+        return tf.nest.map_structure(
+            lambda value: strategy.reduce(
+                tf.distribute.ReduceOp.SUM, value, axis=None
+            ),
+            per_replica,
         )
 
     cache[weights_without_y] = step
