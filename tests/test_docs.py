@@ -27,7 +27,7 @@ REFERENCE = ROOT / "docs" / "reference"
 DIRECTIVE = re.compile(r"^:::[ \t]+([\w.]+)[ \t]*$", re.MULTILINE)
 # Subpackages whose public names the reference must cover even if they ever
 # leave the top-level `__all__`.
-SUBPACKAGES = ("constraints", "layers", "optimizers", "safeguards")
+SUBPACKAGES = ("constraints", "layers", "optimizers", "safeguards", "plot")
 
 
 def _module_names(module: ModuleType) -> list[str]:
