@@ -4,8 +4,9 @@ Runs in the benchmark environment `.venv-bench` (PyTorch CPU, cooper-optim,
 numpy; no TensorFlow). `vs_cooper.py` starts it once and sends it one JSON
 request per line on stdin, `{"kind": "plain" | "cooper", "epochs": E,
 "seed": s, "dual_learning_rate": η}`; it answers each with one JSON line
-(the wall time of every epoch, train and test accuracy and DP gap, the final
-multipliers). The first line it prints describes the environment.
+(the wall and process CPU time of every epoch, train and test accuracy and
+DP gap, the final multipliers). The first line it prints describes the
+environment.
 
 The training loop is the fastest plain PyTorch loop for data that fits in
 memory: the whole split is one tensor, each epoch draws a permutation and
@@ -103,9 +104,9 @@ def train(tensors, data, kind: str, epochs: int, seed: int, dual_lr: float):
         )
     generator = torch.Generator().manual_seed(seed)
     count = x.shape[0]
-    epoch_seconds = []
+    epoch_seconds, epoch_cpu_seconds = [], []
     for _ in range(epochs):
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         order = torch.randperm(count, generator=generator)
         for begin in range(0, count, BATCH):
             index = order[begin : begin + BATCH]
@@ -124,12 +125,17 @@ def train(tensors, data, kind: str, epochs: int, seed: int, dual_lr: float):
                 F.binary_cross_entropy_with_logits(logits, y[index]).backward()
                 primal.step()
         epoch_seconds.append(time.perf_counter() - start)
+        epoch_cpu_seconds.append(time.process_time() - cpu_start)
 
     def predict(features):
         with torch.no_grad():
             return torch.sigmoid(model(torch.from_numpy(features))).numpy()
 
-    result = {"epoch_seconds": epoch_seconds, "scores": scores(predict, data)}
+    result = {
+        "epoch_seconds": epoch_seconds,
+        "epoch_cpu_seconds": epoch_cpu_seconds,
+        "scores": scores(predict, data),
+    }
     if kind == "cooper":
         multiplier = problem.demographic_parity.multiplier.weight
         result["multipliers"] = multiplier.detach().numpy().tolist()

@@ -18,7 +18,9 @@ of a shared machine hits all alike. The epoch time of a run is the median
 over its epochs after the first (the first traces and compiles). Printed
 and written to `benchmarks/results/vs_cooper.json`:
 
-- seconds per epoch (median over rounds);
+- seconds per epoch, wall and process CPU time (median over rounds; CPU
+  time does not grow while other processes hold the cores, so it is the
+  steadier figure on a loaded machine);
 - constrained/plain, each against its own framework in the same round
   (median over rounds of the paired ratio);
 - tfconstrain/Cooper in the same round;
@@ -121,14 +123,17 @@ SETTINGS = {
 
 
 class _EpochTimes(keras.callbacks.Callback):
+    """Wall and process CPU seconds of every epoch."""
+
     def on_train_begin(self, logs=None):
-        self.seconds = []
+        self.wall, self.cpu = [], []
 
     def on_epoch_begin(self, epoch, logs=None):
-        self.start = time.perf_counter()
+        self.start = (time.perf_counter(), time.process_time())
 
     def on_epoch_end(self, epoch, logs=None):
-        self.seconds.append(time.perf_counter() - self.start)
+        self.wall.append(time.perf_counter() - self.start[0])
+        self.cpu.append(time.process_time() - self.start[1])
 
 
 def train_keras(data, constrained: bool, setting: str, epochs: int, seed):
@@ -165,7 +170,11 @@ def train_keras(data, constrained: bool, setting: str, epochs: int, seed):
     def predict(features):
         return model.predict(features, batch_size=4096, verbose=0)
 
-    result = {"epoch_seconds": timer.seconds, "scores": scores(predict, data)}
+    result = {
+        "epoch_seconds": timer.wall,
+        "epoch_cpu_seconds": timer.cpu,
+        "scores": scores(predict, data),
+    }
     if constrained:
         (multiplier,) = model.multipliers.values()
         result["multipliers"] = np.asarray(multiplier).tolist()
@@ -231,46 +240,53 @@ def candidates(settings) -> list:
 
 
 WARMUP_EPOCHS = 2
+# name -> function of a run's epoch times after the warm-up epochs.
+ESTIMATES = {
+    "wall": lambda run: statistics.median(run["epoch_seconds"][WARMUP_EPOCHS:]),
+    "wall_best": lambda run: min(run["epoch_seconds"][WARMUP_EPOCHS:]),
+    "cpu": lambda run: statistics.median(
+        run["epoch_cpu_seconds"][WARMUP_EPOCHS:]
+    ),
+}
 
 
 def epoch_time(run: dict) -> float:
-    """Median epoch time after the first two epochs.
+    """Median wall time of the epochs after the first two.
 
     The first epoch traces (and with XLA compiles) the step; the second may
     trace again: after the smaller last batch of the first epoch,
     `tf.function` relaxes the batch dimension, and XLA compiles for each
     batch shape.
     """
-    return statistics.median(run["epoch_seconds"][WARMUP_EPOCHS:])
-
-
-def best_epoch(run: dict) -> float:
-    """Fastest epoch after the first two."""
-    return min(run["epoch_seconds"][WARMUP_EPOCHS:])
+    return ESTIMATES["wall"](run)
 
 
 def summarize(runs: dict, rows: list) -> dict:
+    """Epoch times, paired ratios, accuracy and feasibility per candidate.
+
+    Epoch times per estimate (`wall`: median wall time of a run's epochs
+    after the first two; `wall_best`: its fastest such epoch; `cpu`: median
+    process CPU time), median over rounds. Ratios: median over rounds of the
+    ratio to the run of the same round (own plain framework; Cooper).
+    """
     summary = {}
     for name, _, plain in rows:
-        times = [epoch_time(run) for run in runs[name]]
-        row = {
-            "epoch_seconds_median": statistics.median(times),
-            "epoch_seconds_best": min(best_epoch(run) for run in runs[name]),
-            "warmup_seconds_median": statistics.median(
-                sum(run["epoch_seconds"][:WARMUP_EPOCHS]) for run in runs[name]
-            ),
-            "epoch_seconds_per_round": times,
-        }
+        row = {}
+        for estimate, fn in ESTIMATES.items():
+            row[f"epoch_{estimate}_seconds"] = statistics.median(
+                fn(run) for run in runs[name]
+            )
+        row["warmup_seconds"] = statistics.median(
+            sum(run["epoch_seconds"][:WARMUP_EPOCHS]) for run in runs[name]
+        )
         others = {}
         if plain is not None:
             others["own_plain"] = plain
         if name.startswith("tfconstrain"):
             others["cooper"] = "Cooper"
         for key, other in others.items():
-            # Median over rounds of the paired ratio, of median and of best
-            # epoch times (the best is less sensitive to a loaded machine).
-            for estimate, fn in (("", epoch_time), ("_best", best_epoch)):
-                row[f"ratio_to_{key}{estimate}"] = statistics.median(
+            for estimate, fn in ESTIMATES.items():
+                row[f"ratio_to_{key}_{estimate}"] = statistics.median(
                     fn(run) / fn(base)
                     for run, base in zip(runs[name], runs[other])
                 )
@@ -289,9 +305,10 @@ def summarize(runs: dict, rows: list) -> dict:
 
 def print_table(summary: dict) -> None:
     print(
-        f"{'':<28} {'s/epoch':>14} {'/ own plain':>11} {'/ Cooper':>11}\n"
-        f"{'candidate':<28} {'median':>7}{'best':>7} {'median':>6}{'best':>5} "
-        f"{'median':>6}{'best':>5} {'train acc':>9} {'test acc':>9} "
+        f"{'':<28} {'s/epoch (median)':>16} {'/ own plain':>11} "
+        f"{'/ Cooper':>11}\n"
+        f"{'candidate':<28} {'wall':>8}{'CPU':>8} {'wall':>6}{'CPU':>5} "
+        f"{'wall':>6}{'CPU':>5} {'train acc':>9} {'test acc':>9} "
         f"{'train DP':>8} {'test DP':>8} {'feasible':>8}"
     )
 
@@ -301,12 +318,12 @@ def print_table(summary: dict) -> None:
 
     for name, row in summary.items():
         print(
-            f"{name:<28} {row['epoch_seconds_median']:>7.3f}"
-            f"{row['epoch_seconds_best']:>7.3f} "
-            f"{ratio(row, 'ratio_to_own_plain'):>6}"
-            f"{ratio(row, 'ratio_to_own_plain_best'):>5} "
-            f"{ratio(row, 'ratio_to_cooper'):>6}"
-            f"{ratio(row, 'ratio_to_cooper_best'):>5} "
+            f"{name:<28} {row['epoch_wall_seconds']:>8.3f}"
+            f"{row['epoch_cpu_seconds']:>8.3f} "
+            f"{ratio(row, 'ratio_to_own_plain_wall'):>6}"
+            f"{ratio(row, 'ratio_to_own_plain_cpu'):>5} "
+            f"{ratio(row, 'ratio_to_cooper_wall'):>6}"
+            f"{ratio(row, 'ratio_to_cooper_cpu'):>5} "
             f"{row['train_accuracy_mean']:>9.4f} "
             f"{row['test_accuracy_mean']:>9.4f} "
             f"{row['train_dp_gap_mean']:>8.4f} "
