@@ -38,9 +38,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 CI = ROOT / "ci"
 EXTRAS = {"latest": "cpu,test,demo,plot,docs", "floor": "cpu,test"}
-# Packages that pip installs into every virtual environment or that are
-# tfconstrain itself: never pinned as dependencies.
-UNPINNED = {"tfconstrain", "wheel"}
+# tfconstrain itself is installed from the work tree, never pinned.
+UNPINNED = {"tfconstrain"}
 
 
 def _run(command: list[str], **kwargs) -> subprocess.CompletedProcess:
