@@ -64,7 +64,12 @@ if THREADS:
 STEPS = (1e-3, 1e-2, 1e-1, 1.0, 10.0)
 QUICK_STEPS = (1e-2, 1.0)
 NUPI_KP = 10.0
+# The proposed default: scaled ascent with integral gain 1 and
+# proportional gain 1 (both in units of the normalised constraint).
 SCALED_KP = 1.0
+PROPOSED = {"learning_rate": 1.0, "kp": SCALED_KP}
+# The proposed default's own sweep: four decades centred on its step.
+PROPOSED_STEPS = (1e-2, 1e-1, 1.0, 1e1, 1e2)
 
 # Each method maps a step size / coefficient to `compile` keyword arguments.
 METHODS = {
@@ -80,9 +85,10 @@ METHODS = {
         "dual_optimizer": ScaledAscent(eta, kp=SCALED_KP)
     },
     "penalty": lambda c: {"formulation": tfc.Penalty(c)},
+    "proposed": lambda _: {"dual_optimizer": ScaledAscent(**PROPOSED)},
     "default": lambda _: {},
 }
-SWEPT = [name for name in METHODS if name != "default"]
+SWEPT = [name for name in METHODS if name not in ("default", "proposed")]
 QUICK_PROBLEMS = (
     "kkt_active",
     "paper_example1",
@@ -90,7 +96,7 @@ QUICK_PROBLEMS = (
     "scale_large",
     "scale_small",
 )
-QUICK_METHODS = ("ascent", "scaled_pi", "penalty")
+QUICK_METHODS = ("ascent", "scaled_pi", "penalty", "proposed")
 
 
 # ----------------------------------------------------------------- one cell
@@ -231,7 +237,7 @@ def print_tables(records: list, steps) -> None:
         "!! = error; (n) = first feasible epoch"
     )
     for method in methods:
-        if method == "default":
+        if method in ("default", "proposed"):
             continue
         print(f"\n{method}")
         print(f"{'problem':18s}" + "".join(f"{s:>11g}" for s in steps))
@@ -257,9 +263,18 @@ def print_tables(records: list, steps) -> None:
             f"  {method:10s} feasible {feasible:3d}/{len(rs):<3d} "
             f"({100 * feasible / len(rs):5.1f} %)   ok {ok:3d}/{len(rs)}"
         )
-    defaults = [r for r in records if r["method"] == "default"]
-    if defaults:
-        print("\ncompile() defaults:")
+    for label in ("default", "proposed"):
+        defaults = [r for r in records if r["method"] == label]
+        if not defaults:
+            continue
+        print(
+            f"\n{label}: "
+            + (
+                "compile() as it is"
+                if label == "default"
+                else f"ScaledAscent({PROPOSED})"
+            )
+        )
         for r in defaults:
             gap = r.get("gap")
             print(
@@ -342,7 +357,7 @@ def study(problems, methods, steps, quick: bool, out: Path, resume: bool):
     for problem in problems:
         epochs = problem.quick_epochs if quick else problem.epochs
         for method in methods:
-            values = [None] if method == "default" else steps
+            values = [None] if method in ("default", "proposed") else steps
             for value in values:
                 if (problem.name, method, value) in done:
                     continue
@@ -436,7 +451,7 @@ def cost(problem_names, out: Path):
     rows = []
     for name in problem_names:
         problem = catalogue_problems.BY_NAME[name]
-        default = run_cell(problem, "default", None, problem.epochs)
+        default = run_cell(problem, "proposed", None, problem.epochs)
         runs = penalty_search(problem, problem.epochs)
         held = [
             r

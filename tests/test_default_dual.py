@@ -3,7 +3,7 @@
 Expected numbers come from the update rule itself,
 
     s_t = max(s_{t-1}, max_i |v_{t,i}|),  u_t = v_t / s_t,
-    λ_{t+1} = [λ_t + (η / s_t)·(u_t + κ_p·(u_t − u_{t−1}))]₊,
+    λ_{t+1} = [λ_t + (η·u_t + κ_p·(u_t − u_{t−1})) / s_t]₊,
 
 and from closed-form KKT points.
 """
@@ -48,12 +48,13 @@ def test_first_step_is_eta_over_the_violation():
 
 
 def test_proportional_term_by_hand():
-    """v = 2 then 1, η = 0.1, κ_p = 1: s = 2; u = 1, 0.5.
+    """v = 2 then 1, η = 0.1: s = 2; u = 1, 0.5.
 
-    λ_1 = 0.05·1 = 0.05; λ_2 = 0.05 + 0.05·(0.5 + (0.5 − 1)) = 0.05.
-    Without κ_p: λ_2 = 0.05 + 0.05·0.5 = 0.075.
+    λ_1 = 0.1·1/2 = 0.05 (any κ_p). With κ_p = 1:
+    λ_2 = 0.05 + (0.1·0.5 + 1·(0.5 − 1))/2 = -0.175 (unprojected).
+    Without κ_p: λ_2 = 0.05 + 0.1·0.5/2 = 0.075.
     """
-    for kp, expected in ((1.0, 0.05), (0.0, 0.075)):
+    for kp, expected in ((1.0, -0.175), (0.0, 0.075)):
         optimizer = ScaledAscent(0.1, kp=kp)
         multipliers, _ = _built(optimizer, {"c": ()})
         lam = multipliers["c"]
@@ -73,7 +74,7 @@ def test_scale_is_the_largest_violation_magnitude_over_entries():
     masked = tf.where(mask, violation, 0.0)
     proposed = optimizer.propose("c", multipliers["c"], masked, mask)
     assert float(state["c_scale"]) == pytest.approx(2.0)
-    # λ = η/s · u = v / s² on entries with data.
+    # First step: λ = η·u/s = v / s² on entries with data.
     np.testing.assert_allclose(proposed.numpy()[:2], [0.5 / 4, -2.0 / 4])
     # The masked entry's previous-violation state is untouched.
     assert float(state["c_scaled_started"][2]) == 0.0
@@ -114,7 +115,7 @@ def _solve_lower_bound(scale, steps=3000):
     model.compile(
         optimizer=keras.optimizers.SGD(0.05),
         loss=objective(lambda: (x[0] - 3.0) ** 2),
-        dual_optimizer=ScaledAscent(0.1, kp=1.0),
+        dual_optimizer=ScaledAscent(),
         steps_per_execution=100,
     )
     run_steps(model, steps)
@@ -138,7 +139,10 @@ def test_config_round_trip_and_bad_arguments():
     optimizer = ScaledAscent(0.3, kp=2.0)
     clone = tfc.optimizers.get(optimizer)
     assert isinstance(clone, ScaledAscent)
-    assert clone.get_config() == {"learning_rate": 0.3, "kp": 2.0}
+    assert clone.get_config() == {
+        "learning_rate": 0.3,
+        "kp": 2.0,
+    }
     restored = keras.saving.deserialize_keras_object(
         keras.saving.serialize_keras_object(optimizer)
     )

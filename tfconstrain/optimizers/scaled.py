@@ -13,38 +13,41 @@ from tfconstrain.optimizers.base import write_entries
 
 @keras.saving.register_keras_serializable(package="tfconstrain")
 class ScaledAscent(DualOptimizer):
-    """Gradient ascent on each constraint measured in units of its own scale.
+    """PI control of each multiplier in units of its constraint's own scale.
 
     With `v_t` the violation at dual step `t` and `s_t` the constraint's
     scale, the largest violation magnitude seen so far (one number per
     constraint, over all its entries),
 
         s_t     = max(s_{t-1}, max_i |v_{t,i}|)
-        u_t     = v_t / s_t                       (normalised, |u_t| <= 1)
-        λ_{t+1} = [λ_t + (η / s_t) · (u_t + κ_p · (u_t − u_{t−1}))]₊
+        u_t     = v_t / s_t                                 (|u_t| <= 1)
+        λ_{t+1} = [λ_t + (η · u_t + κ_p · (u_t − u_{t−1})) / s_t]₊
 
-    This is plain ascent `λ̃ ← [λ̃ + η·ũ]₊` (plus an optional proportional
-    term, as in νPI) on the rescaled constraint `c / s` with multiplier
-    `λ̃ = s·λ`. Rescaling a constraint by `a` (stating it in other units)
-    rescales `s` by `a` and the optimal multiplier by `1/a`; the update
-    above rescales `λ` by exactly `1/a` too, so the iterates are the same
-    in every unit. A constraint of scale 300 and one of scale 0.005 then
-    need the same `η`, where plain ascent needs step sizes about 10⁸ apart.
+    In terms of the rescaled constraint `c / s` and its multiplier
+    `λ̃ = s·λ`, this is `λ̃ ← [λ̃ + η·u_t + κ_p·(u_t − u_{t−1})]₊`: an
+    integral term with gain `η` (gradient ascent) and a proportional term
+    with gain `κ_p` (as in νPI, but not multiplied by `η`), which makes `λ̃`
+    react at once to a change of the violation and damps the oscillation of
+    plain ascent. Rescaling a constraint by `a` (stating it in other units)
+    rescales `s` and `v` by `a` and the optimal multiplier by `1/a`; the
+    update rescales `λ` by exactly `1/a` too, so the iterates are the same
+    in every unit: a constraint of scale 300 and one of scale 0.005 take the
+    same `η`, where plain ascent needs step sizes about 10⁹ apart.
 
     Until the first non-zero violation, `s = 0` and the step is 0 (nothing
     to correct). State (saved with the model): `s` per constraint, and
     `u_{t−1}` per entry when `κ_p > 0`; masked entries keep their state.
+    The first step is `η · sign(v_0) / |v_0|`.
 
     Args:
-        learning_rate: Float > 0. `η`, in units of the normalised
-            multiplier `λ̃`. Defaults to `0.1`.
-        kp: Float >= 0. Proportional gain `κ_p` on the change of the
-            normalised violation (damps oscillation). Defaults to `0.0`.
+        learning_rate: Float > 0. `η`, the integral gain in units of the
+            normalised multiplier `λ̃`. Defaults to `1.0`.
+        kp: Float >= 0. `κ_p`, the proportional gain. Defaults to `1.0`.
     """
 
     supports_indices = True
 
-    def __init__(self, learning_rate: float = 0.1, kp: float = 0.0):
+    def __init__(self, learning_rate: float = 1.0, kp: float = 1.0):
         self.learning_rate = check_learning_rate(learning_rate, "ScaledAscent")
         kp = float(kp)
         if not kp >= 0 or kp == float("inf"):
@@ -81,12 +84,12 @@ class ScaledAscent(DualOptimizer):
         scale_variable.assign(scale)
         safe = tf.where(scale > 0.0, scale, tf.ones_like(scale))
         normalised = violation / safe
-        step = normalised
+        step = self.learning_rate * normalised
         if self.kp > 0:
             previous_state = read_entries(self._previous[name], indices)
             started = read_entries(self._started[name], indices)
             previous = tf.where(started > 0, previous_state, normalised)
-            step = normalised + self.kp * (normalised - previous)
+            step += self.kp * (normalised - previous)
             if mask is not None:
                 kept = tf.where(mask, normalised, previous_state)
                 now_started = tf.where(mask, tf.ones_like(started), started)
@@ -95,10 +98,10 @@ class ScaledAscent(DualOptimizer):
                 now_started = tf.ones_like(started)
             write_entries(self._previous[name], kept, indices)
             write_entries(self._started[name], now_started, indices)
-        return (
-            read_entries(multiplier, indices)
-            + (self.learning_rate / safe) * step
-        )
+        return read_entries(multiplier, indices) + step / safe
 
     def get_config(self) -> dict:
-        return {"learning_rate": self.learning_rate, "kp": self.kp}
+        return {
+            "learning_rate": self.learning_rate,
+            "kp": self.kp,
+        }
