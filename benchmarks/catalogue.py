@@ -96,7 +96,7 @@ QUICK_PROBLEMS = (
     "scale_large",
     "scale_small",
 )
-QUICK_METHODS = ("ascent", "scaled_pi", "penalty", "proposed")
+QUICK_METHODS = ("ascent", "penalty", "proposed")
 
 
 # ----------------------------------------------------------------- one cell

@@ -202,6 +202,7 @@ def _copy_tree(source, destination):
 # ---------------------------------------------------------------------------
 # Other private Keras touches, each pinned by tests/test_keras_compat.py.
 
+
 def functional_class() -> type:
     """Keras' `Functional` class (private: `keras.src.models.functional`).
 

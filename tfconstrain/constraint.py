@@ -449,7 +449,10 @@ class Constraint:
     ) -> Statistics:
         value = self.check_value(value, what)
         weight = batch.weight()
-        return (weight * value, weight)
+        # A replica's share of a last global batch can be empty: its mean is
+        # NaN (0/0) but carries no weight, so it must add 0, not 0 · NaN.
+        weighted = tf.where(weight > 0, weight * value, tf.zeros_like(value))
+        return (weighted, weight)
 
     def check_value(self, value: Any, what: str = "value") -> tf.Tensor:
         """Checks a batch value's dtype and shape; returns it as float32.

@@ -60,7 +60,10 @@ class ConstraintMetric(keras.metrics.Metric):
         else:
             self.totals = [
                 self.add_variable(
-                    shape=shape, initializer="zeros", name=f"statistic_{i}"
+                    shape=shape,
+                    initializer="zeros",
+                    dtype="float32",
+                    name=f"statistic_{i}",
                 )
                 for i, shape in enumerate(constraint.statistics_shapes())
             ]

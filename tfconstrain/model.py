@@ -239,24 +239,40 @@ class ConstrainedModel(_keras_compat.MultiWorkerCompatMixin, keras.Model):
         """The compiled dual optimizer (`None` if the multipliers are fixed)."""
         return self._tfc.dual_optimizer
 
-    def constraint_report(self, data: Any, batch_size: int | None = None):
+    def constraint_report(
+        self,
+        data: Any,
+        batch_size: int | None = None,
+        confidence: float | None = None,
+    ):
         """Evaluates every constraint over a whole dataset.
+
+        Statistics are summed over every batch (and replica) before the
+        constraint's value is formed, so rates are exact dataset rates.
 
         Args:
             data: What `evaluate` takes: `x` alone, a tuple `(x, y)` or
                 `(x, y, sample_weight)`, or a `tf.data.Dataset`.
             batch_size: Int. Batch size for array inputs. Defaults to 32.
+            confidence: Optional float in `(0, 1)`. When given, each entry
+                also has `worst_case` (the one-sided Clopper–Pearson bound
+                on the constraint's population value at that confidence, for
+                rate constraints; `None` for others) and `certified`
+                (whether `worst_case` satisfies the bound); see
+                `tfconstrain.certify`.
 
         Returns:
-            Dict `name -> {"value", "bound", "kind", "violation",
-            "satisfied", "multiplier"}`. Scalars for scalar constraints,
-            numpy arrays for vector ones; `violation` is `max(0, v)` (`|v|`
-            for equalities) per entry and `satisfied` is whether every entry
-            is within the constraint's tolerance.
+            A `tfc.ConstraintReport`: a dict `name -> {"value", "bound",
+            "kind", "violation", "satisfied", "multiplier", ...}` that
+            prints as a table (`str(report)`) and converts with
+            `to_dataframe()`. Scalars for scalar constraints, numpy arrays
+            (with `labels`) for vector ones; `violation` is `max(0, v)`
+            (`|v|` for equalities) per entry and `satisfied` is whether
+            every entry is within the constraint's tolerance.
         """
         from tfconstrain.report import constraint_report
 
-        return constraint_report(self, data, batch_size)
+        return constraint_report(self, data, batch_size, confidence)
 
     # --------------------------------------------------------------- compile
     def compile(
@@ -433,7 +449,10 @@ class ConstrainedModel(_keras_compat.MultiWorkerCompatMixin, keras.Model):
                     self._scheduled_dual_step(steps, iteration)
             with tape.stop_recording():
                 self._check_primal_dependence(steps)
-            objective = loss + self._constraint_terms(steps)
+            # Constraint terms are float32; the loss follows `floatx`.
+            objective = loss + tf.cast(
+                self._constraint_terms(steps), loss.dtype
+            )
             if self.optimizer is not None:
                 objective = self.optimizer.scale_loss(objective)
         trainable = self.trainable_weights
@@ -600,8 +619,11 @@ class ConstrainedModel(_keras_compat.MultiWorkerCompatMixin, keras.Model):
                 finite_batch, tf.reduce_all(all_finite)
             )
         if self._tfc.skip_counter is not None:
+            # Every replica takes the same decision and the metric sums
+            # replicas when read: count 1/N per replica, 1 per batch.
             self._tfc.skip_counter.update_state(
                 tf.cast(tf.logical_not(finite_batch), tf.float32)
+                / distribute.num_replicas()
             )
         return [
             steps[c]._replace(
@@ -818,6 +840,13 @@ class ConstrainedModel(_keras_compat.MultiWorkerCompatMixin, keras.Model):
             if step.primal_scale is not None:
                 weight = weight * step.primal_scale
             total += tf.reduce_sum(tf.stop_gradient(weight) * violation)
+        if self._tfc.on_nonfinite == "skip" and steps:
+            # A skipped batch trains on the loss alone: a NaN constraint
+            # term must not reach the weights either.
+            finite = tf.reduce_all(
+                [tf.reduce_all(tf.math.is_finite(s.violation)) for s in steps]
+            )
+            total = tf.where(finite, total, tf.zeros_like(total))
         return total
 
     def _scheduled_dual_step(self, steps, iteration) -> None:
@@ -1060,9 +1089,11 @@ class ConstrainedModel(_keras_compat.MultiWorkerCompatMixin, keras.Model):
           or a seeded one).
         """
         from tfconstrain.feasible import warn_objective_only_callbacks
+        from tfconstrain.tensorboard import link_keras_tensorboard
 
         callbacks = self._with_safeguards(callbacks)
         warn_objective_only_callbacks(callbacks, self)
+        link_keras_tensorboard(callbacks)
         with _keras_compat.chief_only_writes(
             callbacks, self.distribute_strategy
         ):
