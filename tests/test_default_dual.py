@@ -3,7 +3,7 @@
 Expected numbers come from the update rule itself,
 
     s_t = max(s_{t-1}, max_i |v_{t,i}|),  u_t = v_t / s_t,
-    λ_{t+1} = [λ_t + (η·u_t + κ_p·(u_t − u_{t−1})) / s_t]₊,
+    I_{t+1} = Π(I_t + η·u_t / s_t),  λ_{t+1} = Π(I_{t+1} + κ_p·u_t / s_t),
 
 and from closed-form KKT points.
 """
@@ -36,32 +36,68 @@ def _built(optimizer, shapes):
     return multipliers, state
 
 
-def test_first_step_is_eta_over_the_violation():
-    """s_0 = |v_0|, u_0 = 1: λ_1 = η / |v_0| (κ_p plays no part)."""
+def _built_with_bounds(optimizer, shapes, lower=0.0):
+    optimizer.set_lower_bounds({name: lower for name in shapes})
+    return _built(optimizer, shapes)
+
+
+def test_first_step_is_eta_plus_kp_over_the_violation():
+    """s_0 = |v_0|, u_0 = 1: I_1 = η/|v_0|, λ_1 = (η + κ_p)/|v_0|."""
     for kp in (0.0, 3.0):
         optimizer = ScaledAscent(0.2, kp=kp)
-        multipliers, _ = _built(optimizer, {"c": ()})
+        multipliers, state = _built_with_bounds(optimizer, {"c": ()})
         proposed = optimizer.propose(
             "c", multipliers["c"], tf.constant(4.0), None
         )
-        assert float(proposed) == pytest.approx(0.2 / 4.0)
+        assert float(proposed) == pytest.approx((0.2 + kp) / 4.0)
+        assert float(state["c_integral"]) == pytest.approx(0.2 / 4.0)
 
 
 def test_proportional_term_by_hand():
     """v = 2 then 1, η = 0.1: s = 2; u = 1, 0.5.
 
-    λ_1 = 0.1·1/2 = 0.05 (any κ_p). With κ_p = 1:
-    λ_2 = 0.05 + (0.1·0.5 + 1·(0.5 − 1))/2 = -0.175 (unprojected).
-    Without κ_p: λ_2 = 0.05 + 0.1·0.5/2 = 0.075.
+    I_1 = 0.1·1/2 = 0.05, λ_1 = 0.05 + κ_p/2.
+    I_2 = 0.05 + 0.1·0.5/2 = 0.075, λ_2 = 0.075 + κ_p·0.5/2.
     """
-    for kp, expected in ((1.0, -0.175), (0.0, 0.075)):
+    for kp in (1.0, 0.0):
         optimizer = ScaledAscent(0.1, kp=kp)
-        multipliers, _ = _built(optimizer, {"c": ()})
+        multipliers, _ = _built_with_bounds(optimizer, {"c": ()})
         lam = multipliers["c"]
         lam.assign(optimizer.propose("c", lam, tf.constant(2.0), None))
-        assert float(lam) == pytest.approx(0.05)
+        assert float(lam) == pytest.approx(0.05 + kp / 2)
         lam.assign(optimizer.propose("c", lam, tf.constant(1.0), None))
-        assert float(lam) == pytest.approx(expected)
+        assert float(lam) == pytest.approx(0.075 + kp * 0.25)
+
+
+def test_noise_around_the_bound_does_not_ratchet_the_multiplier():
+    """v = +1, -1, +1, -1, ... (s = 1), η = 0.1, κ_p = 1, λ projected.
+
+    I: 0.1, [0]₊ = 0, 0.1, 0, ...; λ = [I ± 1]₊: 1.1, 0, 1.1, 0, ...
+    The incremental form λ ← [λ + (η·u + κ_p·Δu)/s]₊ would give 0.1, 0,
+    2.1, 0, 2.1, ...: it keeps every upward kick of 2 and cuts the
+    downward ones. Here every other value is exactly 1.1, for ever.
+    """
+    optimizer = ScaledAscent(0.1, kp=1.0)
+    multipliers, _ = _built_with_bounds(optimizer, {"c": ()})
+    lam = multipliers["c"]
+    values = []
+    for t in range(20):
+        v = 1.0 if t % 2 == 0 else -1.0
+        proposed = optimizer.propose("c", lam, tf.constant(v), None)
+        lam.assign(tf.maximum(proposed, 0.0))  # the model's projection
+        values.append(float(lam))
+    np.testing.assert_allclose(values[0::2], 1.1, rtol=1e-6)
+    np.testing.assert_allclose(values[1::2], 0.0, atol=1e-7)
+
+
+def test_equality_integral_is_not_projected():
+    """Equality (lower bound None): I goes negative, λ = I + κ_p·u/s."""
+    optimizer = ScaledAscent(0.5, kp=1.0)
+    multipliers, state = _built_with_bounds(optimizer, {"c": ()}, None)
+    proposed = optimizer.propose("c", multipliers["c"], tf.constant(-2.0), None)
+    # s = 2, u = -1: I = -0.5/2 = -0.25, λ = -0.25 - 1/2 = -0.75.
+    assert float(state["c_integral"]) == pytest.approx(-0.25)
+    assert float(proposed) == pytest.approx(-0.75)
 
 
 def test_scale_is_the_largest_violation_magnitude_over_entries():
@@ -74,11 +110,11 @@ def test_scale_is_the_largest_violation_magnitude_over_entries():
     masked = tf.where(mask, violation, 0.0)
     proposed = optimizer.propose("c", multipliers["c"], masked, mask)
     assert float(state["c_scale"]) == pytest.approx(2.0)
-    # First step: λ = η·u/s = v / s² on entries with data.
-    np.testing.assert_allclose(proposed.numpy()[:2], [0.5 / 4, -2.0 / 4])
-    # The masked entry's previous-violation state is untouched.
-    assert float(state["c_scaled_started"][2]) == 0.0
-    assert float(state["c_scaled_previous"][2]) == 0.0
+    # First step: λ = (η + κ_p)·u/s = 2·v / s² on entries with data.
+    np.testing.assert_allclose(proposed.numpy()[:2], [1.0 / 4, -4.0 / 4])
+    # The masked entry's state is untouched.
+    assert float(state["c_started"][2]) == 0.0
+    assert float(state["c_integral"][2]) == 0.0
 
 
 def test_zero_violation_gives_zero_step_and_no_nan():
@@ -100,10 +136,10 @@ def test_indices_read_and_write_only_those_entries():
         tf.constant([True, True]),
         indices=tf.constant([3, 0]),
     )
-    # s = 2: entry 3 gets 1 + 2/4, entry 0 gets 1 - 1/4.
-    np.testing.assert_allclose(proposed.numpy(), [1.5, 0.75])
+    # s = 2, u = (1, -0.5): I = 1 + u/2 = (1.5, 0.75); λ = I + u/2.
+    np.testing.assert_allclose(proposed.numpy(), [2.0, 0.5])
     np.testing.assert_array_equal(
-        state["each_scaled_started"].numpy(), [1, 0, 0, 1, 0]
+        state["each_started"].numpy(), [1, 0, 0, 1, 0]
     )
 
 

@@ -83,3 +83,47 @@ def test_backup_metadata_records_the_batch(tmp_path):
         f"{VERSION}: BackupAndRestore's metadata has keys {sorted(metadata)}; "
         "exact mid-epoch resume reads 'epoch' and 'batch'."
     )
+
+
+def _compiled_model():
+    model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(1)])
+    model.compile("sgd", "mse", metrics=["mae"])
+    return model
+
+
+def test_loss_tracker_is_the_loss_metric():
+    model = _compiled_model()
+    tracker = _keras_compat.loss_tracker(model)
+    assert isinstance(tracker, keras.metrics.Mean) and tracker.name == "loss", (
+        f"{VERSION}: Trainer._loss_tracker changed; the constrained steps "
+        "update Keras' `loss` log through it."
+    )
+
+
+def test_compiled_metrics_update_alone():
+    model = _compiled_model()
+    y = np.ones((4, 1), "float32")
+    _keras_compat.update_compiled_metrics(model, y, 0 * y, None)
+    results = model.get_metrics_result()
+    assert results.get("mae") == 1.0, (
+        f"{VERSION}: Trainer._compile_metrics changed ({results}); the "
+        "constrained steps update the compiled metrics through it."
+    )
+
+
+def test_flatten_layers_finds_nested_layers():
+    inner = keras.Sequential([keras.Input((1,)), keras.layers.Dense(1)])
+    outer = keras.Sequential([keras.Input((1,)), inner, keras.layers.Dense(1)])
+    layers = list(_keras_compat.flatten_layers(outer))
+    assert inner.layers[0] in layers and outer.layers[-1] in layers, (
+        f"{VERSION}: Layer._flatten_layers changed; layer-declared "
+        "constraints and SpectralNorm look layers up through it."
+    )
+
+
+def test_trackable_children_hook_exists():
+    model = _compiled_model()
+    assert callable(getattr(model, "_trackable_children", None)), (
+        f"{VERSION}: Model._trackable_children is gone; tf.train.Checkpoint "
+        "finds the multipliers through it."
+    )

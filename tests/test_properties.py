@@ -8,7 +8,7 @@ from hypothesis import settings
 from hypothesis import strategies as st
 
 import tfconstrain as tfc
-from tfconstrain.model import _project
+from tfconstrain.dual_step import project as _project
 
 KINDS = st.sampled_from(["<=", ">=", "==", "le", "ge", "eq"])
 FLOATS = st.floats(-1e3, 1e3, width=32, allow_subnormal=False)

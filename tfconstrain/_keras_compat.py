@@ -85,18 +85,28 @@ def local_build_batch(model, iterator, data_batch):
     return None, batch
 
 
-class MultiWorkerCompatMixin:
-    """Keras' symbolic build, from a local batch under multi-worker MWMS.
+class KerasCompatMixin:
+    """The Keras hooks `ConstrainedModel` overrides, each for one reason.
 
-    `fit` and `evaluate` call `_maybe_symbolic_build` for every model
-    created in a strategy scope (built or not). It MEAN-reduces the first
-    distributed batch across replicas only to read its shapes and dtypes,
-    passing a tuple of per-replica values to `Strategy.reduce`, which takes
-    one value: under multi-worker MWMS this fails with "Attempt to convert
-    a value (PerReplica...) to a Tensor" (keras#20585; Keras 3.10 to at
-    least 3.15.1). This override builds from this worker's first batch.
-    Remove it when `tests/test_multi_worker.py::
-    test_plain_keras_fit_works_under_multi_worker` passes.
+    - `_maybe_symbolic_build` (multi-worker MWMS, keras#20585): `fit` and
+      `evaluate` call it for every model created in a strategy scope. It
+      MEAN-reduces the first distributed batch across replicas only to read
+      its shapes and dtypes, passing a tuple of per-replica values to
+      `Strategy.reduce`, which takes one value: under multi-worker MWMS this
+      fails with "Attempt to convert a value (PerReplica...) to a Tensor"
+      (Keras 3.10 to at least 3.15.1). This override builds from this
+      worker's first batch. Remove it when `tests/test_multi_worker.py::
+      test_plain_keras_fit_works_under_multi_worker` passes.
+    - `_get_metrics_result_or_logs`: Keras reads the metrics again
+      (cross-replica, exact) for epoch logs only when a step returned
+      exactly the metric keys. Constrained steps leave the constraint keys
+      out of per-step logs (each costs a host conversion per batch); the
+      override reads them from the metrics and lets the model complete the
+      logs (`_complete_epoch_logs`, e.g. `feasible`).
+    - `_trackable_children`: Keras saves multipliers and dual state through
+      the model's variable list, which `tf.train.Checkpoint` does not follow
+      (it follows attributes); the model names them
+      (`_checkpoint_variables`).
     """
 
     def _maybe_symbolic_build(self, iterator=None, data_batch=None):
@@ -104,6 +114,23 @@ class MultiWorkerCompatMixin:
         return super()._maybe_symbolic_build(
             iterator=iterator, data_batch=data_batch
         )
+
+    def _get_metrics_result_or_logs(self, logs):
+        metric_logs = self.get_metrics_result()
+        if isinstance(logs, dict) and set(logs) <= set(metric_logs):
+            logs = metric_logs
+        return self._complete_epoch_logs(logs)
+
+    def _complete_epoch_logs(self, logs):
+        return logs
+
+    def _trackable_children(self, save_type="checkpoint", **kwargs):
+        children = super()._trackable_children(save_type, **kwargs)
+        children.update(self._checkpoint_variables())
+        return children
+
+    def _checkpoint_variables(self) -> dict:
+        return {}
 
 
 def _output_paths():
@@ -232,3 +259,112 @@ def backup_metadata_path(callback) -> str:
         "_training_metadata_path",
         os.path.join(callback.backup_dir, "training_metadata.json"),
     )
+
+
+def is_functional(model) -> bool:
+    """Whether `model` is a Keras functional model."""
+    return isinstance(model, functional_class())
+
+
+_FUNCTIONAL_TWINS: dict[type, type] = {}
+
+
+def functional_twin(cls: type) -> type:
+    """A subclass of `cls` and Keras' `Functional`, made once per class.
+
+    Keras turns a `Model` subclass called with `(inputs, outputs)` into a
+    functional model by rewriting the class's bases in place, which would
+    break later subclassed use of the same class. The twin keeps `cls`
+    untouched; it is registered for saving under `cls`'s name.
+    """
+    functional = functional_class()
+    if issubclass(cls, functional):
+        return cls
+    if cls not in _FUNCTIONAL_TWINS:
+        twin = type(
+            cls.__name__,
+            (cls, functional),
+            {"__module__": cls.__module__, "_constrained_base": cls},
+        )
+        registered = keras.saving.get_registered_name(cls)
+        if ">" in registered:
+            package, name = registered.split(">", 1)
+            keras.saving.register_keras_serializable(package, name)(twin)
+        _FUNCTIONAL_TWINS[cls] = twin
+    return _FUNCTIONAL_TWINS[cls]
+
+
+def is_functional_call(args: tuple, kwargs: dict) -> bool:
+    """Whether `Model(*args, **kwargs)` builds a functional model."""
+    return (
+        (len(args) == 2)
+        or (len(args) == 1 and "outputs" in kwargs)
+        or ("inputs" in kwargs and "outputs" in kwargs)
+    )
+
+
+@contextlib.contextmanager
+def creating_state(model):
+    """Lets `model.add_weight` create variables after the model is built
+    (private `_tracker`), in the model's strategy scope."""
+    tracker = model._tracker
+    was_locked = tracker.locked
+    tracker.unlock()
+    try:
+        with model.distribute_strategy.scope():
+            yield
+    finally:
+        if was_locked:
+            tracker.lock()
+
+
+def untrack_variable(model, variable) -> None:
+    """Removes a variable `add_weight` created (private `_untrack_variable`)."""
+    model._untrack_variable(variable)
+
+
+def loss_tracker(model):
+    """Keras' `loss` metric of a compiled model (private `_loss_tracker`)."""
+    return model._loss_tracker
+
+
+def update_compiled_metrics(model, y, y_pred, sample_weight) -> None:
+    """Updates the `metrics=` of `compile` only (private `_compile_metrics`;
+    the public `compute_metrics` also reads every metric's result)."""
+    compiled = model._compile_metrics
+    if compiled is not None:
+        compiled.update_state(y, y_pred, sample_weight)
+
+
+def flatten_layers(model, include_self=False, recursive=True):
+    """Every layer of `model`, nested ones included (private
+    `_flatten_layers`)."""
+    return model._flatten_layers(include_self=include_self, recursive=recursive)
+
+
+def install_clone_model_hook() -> None:
+    """Makes `keras.models.clone_model` keep a constrained model's constraints.
+
+    Keras clones a functional model by calling its class with new inputs and
+    outputs, and a Sequential one as a plain `keras.Sequential`: neither
+    path can carry the constraints, and Keras has no hook for it. The
+    public `keras.models.clone_model` is wrapped (once, at import of
+    tfconstrain): a `ConstrainedModel` clones itself with Keras' function
+    (`ConstrainedModel._clone_with`); any other model gets Keras' own
+    result, unchanged.
+    """
+    import functools
+
+    original = keras.models.clone_model
+    if getattr(original, "_tfconstrain_hook", False):
+        return
+
+    @functools.wraps(original)
+    def clone_model(model, *args, **kwargs):
+        clone_with = getattr(model, "_clone_with", None)
+        if clone_with is None:
+            return original(model, *args, **kwargs)
+        return clone_with(original, *args, **kwargs)
+
+    clone_model._tfconstrain_hook = True
+    keras.models.clone_model = clone_model

@@ -8,6 +8,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from tfconstrain import report
 from tfconstrain import tensorboard
 
 
@@ -61,6 +62,16 @@ class MultiplierCallback(keras.callbacks.Callback):
             (0: none). Defaults to `1`.
         batch_log_freq: Optional int > 0. Batch frequency of multiplier
             scalars. Defaults to `None` (epoch-level only).
+        dual_data: Optional data for the dual steps (anything `evaluate`
+            accepts: `(x, y)`, `(x, y, sample_weight)`, a batched
+            `tf.data.Dataset`). When given, the dual steps use constraint
+            values measured on it instead of the training batch — the whole
+            of it for `update_every="epoch"`, its next batch (cycling)
+            otherwise — while the primal step keeps the training batch: the
+            two-dataset scheme of Cotter et al. (JMLR 2019), for constraints
+            that must hold on unseen data. Each such dual step reads its
+            batch's statistics on the host (one round trip per dual step).
+        dual_batch_size: Batch size for array `dual_data`. Defaults to 32.
     """
 
     def __init__(
@@ -70,6 +81,8 @@ class MultiplierCallback(keras.callbacks.Callback):
         log_dir: str | None = None,
         histogram_freq: int = 1,
         batch_log_freq: int | None = None,
+        dual_data=None,
+        dual_batch_size: int | None = None,
     ):
         super().__init__()
         if update_every == "step":
@@ -110,6 +123,12 @@ class MultiplierCallback(keras.callbacks.Callback):
         self.log_dir = log_dir
         self.histogram_freq = int(histogram_freq)
         self.batch_log_freq = batch_log_freq
+        if dual_data is not None:
+            # Fails now, naming the problem, rather than at the first step.
+            report.as_dataset(dual_data, dual_batch_size)
+        self.dual_data = dual_data
+        self.dual_batch_size = dual_batch_size
+        self._dual_batches = None
         self._writers = {}
         self._previous_schedule = None
         self._epoch_values = None
@@ -118,8 +137,8 @@ class MultiplierCallback(keras.callbacks.Callback):
 
     # ------------------------------------------------------------ schedule
     def set_model(self, model):
+        from tfconstrain.dual_state import DualSchedule as _DualSchedule
         from tfconstrain.model import ConstrainedModel
-        from tfconstrain.model import _DualSchedule
 
         if not isinstance(model, ConstrainedModel):
             raise TypeError(
@@ -127,7 +146,10 @@ class MultiplierCallback(keras.callbacks.Callback):
                 f"{type(model).__name__}."
             )
         super().set_model(model)
-        schedule = _DualSchedule(self.update_every, self.warmup_steps)
+        # With `dual_data`, the compiled step takes no dual step: this
+        # callback runs them from the dual data instead.
+        every = "epoch" if self.dual_data is not None else self.update_every
+        schedule = _DualSchedule(every, self.warmup_steps)
         if self._previous_schedule is None:
             self._previous_schedule = model._tfc.schedule
         _set_schedule(model, schedule)
@@ -150,13 +172,53 @@ class MultiplierCallback(keras.callbacks.Callback):
         if self._in_epoch and self.update_every == "epoch":
             self._epoch_values = self.model._epoch_violations()
 
+    def on_train_begin(self, logs=None):
+        self._dual_batches = None
+        if self.dual_data is not None and self.update_every != "epoch":
+            dataset, weights_without_y = report.as_dataset(
+                self.dual_data, self.dual_batch_size
+            )
+            strategy = self.model.distribute_strategy
+            batches = strategy.experimental_distribute_dataset(dataset.repeat())
+            self._dual_batches = (iter(batches), weights_without_y)
+
     def on_epoch_end(self, epoch, logs=None):
         self._in_epoch = False
         if self.update_every == "epoch" and self._dual_step_is_due():
-            values = self._epoch_values or self.model._epoch_violations()
+            if self.dual_data is not None:
+                totals = report.dataset_totals(
+                    self.model, self.dual_data, self.dual_batch_size
+                )
+                values = report.violations(self.model, totals)
+            else:
+                values = self._epoch_values or self.model._epoch_violations()
             self.model._run_epoch_dual_step(values)
+            if logs is not None:
+                # The epoch's logs were read before its dual step: callbacks
+                # after this one (History last) see the multipliers it set.
+                for name, multiplier in self.model.multipliers.items():
+                    if f"{name}_multiplier" in logs:
+                        logs[f"{name}_multiplier"] = float(
+                            np.mean(_numpy(multiplier))
+                        )
+                for name, penalty in self.model.penalties.items():
+                    if f"{name}_penalty" in logs:
+                        logs[f"{name}_penalty"] = float(_numpy(penalty))
         if self.log_dir:
             self._write_epoch(epoch, logs or {})
+
+    def _dual_step_on_dual_data(self) -> None:
+        # The step just taken has index `iterations - 1`.
+        step = int(_numpy(self.model.optimizer.iterations)) - 1
+        if step < self.warmup_steps:
+            return
+        if (step - self.warmup_steps) % self.update_every:
+            return
+        batches, weights_without_y = self._dual_batches
+        totals = report.batch_totals(
+            self.model, next(batches), weights_without_y
+        )
+        self.model._run_epoch_dual_step(report.violations(self.model, totals))
 
     def _dual_step_is_due(self) -> bool:
         iterations = int(
@@ -211,8 +273,12 @@ class MultiplierCallback(keras.callbacks.Callback):
             writer.flush()
 
     def on_train_batch_end(self, batch, logs=None):
-        """Every `batch_log_freq` batches: `batch_NAME_multiplier` (mean
-        over entries) and `batch_NAME_penalty`, at the optimizer's step."""
+        """With `dual_data` (per-step schedule): the dual step, when due,
+        on the next dual batch. Every `batch_log_freq` batches:
+        `batch_NAME_multiplier` (mean over entries) and
+        `batch_NAME_penalty`, at the optimizer's step."""
+        if self._dual_batches is not None:
+            self._dual_step_on_dual_data()
         if not (self.log_dir and self.batch_log_freq):
             return
         self._batches_seen += 1

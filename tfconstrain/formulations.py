@@ -31,6 +31,7 @@ import tensorflow as tf
 from tfconstrain.optimizers.base import DualOptimizer
 from tfconstrain.optimizers.base import GradientAscent
 from tfconstrain.optimizers.base import PenaltyStepAscent
+from tfconstrain.optimizers.base import read_entries
 
 
 class Formulation:
@@ -64,6 +65,54 @@ class Formulation:
     ) -> tf.Tensor:
         """`ψ(v)` summed over entries (for reporting the Lagrangian)."""
         raise NotImplementedError
+
+    def primal_objective(
+        self,
+        loss: tf.Tensor,
+        steps: list,
+        multipliers: dict,
+        penalties: dict,
+        skip_nonfinite: bool = False,
+    ) -> tf.Tensor:
+        """The objective the primal step minimises, `f + Σ_j sg(w_j)·v_j`.
+
+        Its gradient is `∇f + Σ_j w_j·∇v_j` with `w = ∂ψ/∂v` held constant
+        (`primal_weight`), the gradient of `f + Σ_j ψ(v_j)`. For
+        per-example constraints each example's weight is scaled by its
+        share of the global batch (`step.primal_scale`, `w_i / Σ w`).
+
+        Args:
+            loss: The step's loss `f` (any float dtype; the result has it).
+            steps: The `ConstraintStep`s of the batch
+                (`tfconstrain.evaluation`), with their proxy violations.
+            multipliers: `name -> multiplier variable`.
+            penalties: `name -> penalty variable` (penalty formulations).
+            skip_nonfinite: When `True`, a batch with a non-finite
+                violation trains on `f` alone (`on_nonfinite="skip"`).
+
+        Returns:
+            The scalar objective.
+        """
+        total = tf.constant(0.0, tf.float32)
+        for step in steps:
+            name = step.constraint.name
+            violation = step.proxy_violation
+            penalty = penalties.get(name)
+            weight = self.primal_weight(
+                tf.stop_gradient(violation),
+                read_entries(multipliers[name], step.local_indices),
+                None if penalty is None else tf.convert_to_tensor(penalty),
+                step.constraint.is_equality,
+            )
+            if step.primal_scale is not None:
+                weight = weight * step.primal_scale
+            total += tf.reduce_sum(tf.stop_gradient(weight) * violation)
+        if skip_nonfinite and steps:
+            finite = tf.reduce_all(
+                [tf.reduce_all(tf.math.is_finite(s.violation)) for s in steps]
+            )
+            total = tf.where(finite, total, tf.zeros_like(total))
+        return loss + tf.cast(total, loss.dtype)
 
     def default_dual_optimizer(self) -> DualOptimizer | None:
         """The dual optimizer used when `compile` gets none."""
@@ -433,8 +482,8 @@ class Penalty(Formulation):
     reads `c` and never changes). It solves the constrained problem only if
     `c` happens to equal the optimal multiplier and the problem is convex in
     the weights; otherwise no `c` may work at all (see
-    `docs/dual_methods.md`). Useful to reproduce the baseline with the same
-    model and data by switching one argument.
+    `docs/concepts/formulations.md`). Useful to reproduce the baseline with
+    the same model and data by switching one argument.
 
     Example:
 

@@ -16,9 +16,16 @@ import numpy as np
 import tensorflow as tf
 
 from tfconstrain import certify
+from tfconstrain import evaluation
 from tfconstrain.batch import Batch
 from tfconstrain.safeguards import _numpy
 from tfconstrain.safeguards import empty_groups
+
+
+def _array(value) -> np.ndarray:
+    """A numpy array; fixed-width strings as `object` (→ `tf.string`)."""
+    array = np.asarray(value)
+    return array.astype(object) if array.dtype.kind in "US" else array
 
 
 def as_dataset(data: Any, batch_size: int | None):
@@ -55,7 +62,7 @@ def as_dataset(data: Any, batch_size: int | None):
         and data[2] is not None
     )
     data = tf.nest.map_structure(
-        lambda a: None if a is None else np.asarray(a), data
+        lambda a: None if a is None else _array(a), data
     )
     if isinstance(data, tuple):
         data = tuple(d for d in data if d is not None)
@@ -74,24 +81,59 @@ def constraint_report(
     """See `ConstrainedModel.constraint_report`."""
     if confidence is not None:
         confidence = certify.check_confidence(confidence)
-    model._collect_layer_constraints()
-    dataset, weights_without_y = as_dataset(data, batch_size)
-    step = _report_step(model, weights_without_y)
-    strategy = model.distribute_strategy
-    totals = None
-    for element in strategy.experimental_distribute_dataset(dataset):
-        values = tf.nest.map_structure(
-            lambda t: t.numpy().astype(np.float64), step(element)
-        )
-        totals = (
-            values
-            if totals is None
-            else tf.nest.map_structure(np.add, totals, values)
-        )
+    totals = dataset_totals(model, data, batch_size)
     if totals is None:
         raise ValueError("`constraint_report` received an empty dataset.")
 
     return build_report(model, totals, confidence)
+
+
+def dataset_totals(model, data: Any, batch_size: int | None = None):
+    """Every constraint's statistics summed over a whole dataset.
+
+    Returns:
+        One tuple of float64 numpy arrays per constraint (in
+        `model.constraints` order), or `None` for an empty dataset.
+    """
+    model._collect_layer_constraints()
+    dataset, weights_without_y = as_dataset(data, batch_size)
+    step = _report_step(model, weights_without_y)
+    totals = None
+    distributed = model.distribute_strategy.experimental_distribute_dataset(
+        dataset
+    )
+    for element in distributed:
+        totals = _add(totals, step(element))
+    return totals
+
+
+def batch_totals(model, element, weights_without_y: bool):
+    """Every constraint's statistics on one (distributed) batch."""
+    return _add(None, _report_step(model, weights_without_y)(element))
+
+
+def violations(model, totals) -> list:
+    """`(violation, mask)` per constraint from summed statistics: the input
+    of the epoch dual step (entries without data are masked)."""
+    values = []
+    for constraint, statistics in zip(model.constraints, totals):
+        tensors = tuple(tf.constant(s, tf.float32) for s in statistics)
+        violation = constraint.violation(constraint.result(tensors))
+        mask = tf.math.is_finite(violation)
+        valid = constraint.valid(tensors)
+        if valid is not None:
+            mask = tf.logical_and(mask, valid)
+        values.append((violation.numpy(), mask.numpy()))
+    return values
+
+
+def _add(totals, step_values):
+    values = tf.nest.map_structure(
+        lambda t: t.numpy().astype(np.float64), step_values
+    )
+    if totals is None:
+        return values
+    return tf.nest.map_structure(np.add, totals, values)
 
 
 def _report_step(model, weights_without_y: bool):
@@ -108,9 +150,11 @@ def _report_step(model, weights_without_y: bool):
         else:
             x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(element)
         x, features = model._split_side_information(x)
-        y_pred = model._forward(x, training=False)
+        y_pred = model(x, training=False)
         batch = Batch(x, y, y_pred, sample_weight, features, False, model)
-        return [model._statistics(c, batch, "true") for c in constraints]
+        return [
+            evaluation.batch_statistics(c, batch, "true") for c in constraints
+        ]
 
     @tf.function
     def step(element):

@@ -28,7 +28,7 @@ largest gap (all entries share the bound). `entry_labels` names each entry
 
 A gap is bounded above, so `kind` is `"<="` and the bound is stated by
 comparison or keyword: `DemographicParity("sex") <= 0.05`, or
-`DemographicParity("sex", bound=0.05)`.
+`DemographicParity("sex", bound=0.05)` or `DemographicParity("sex") <= 0.05`.
 
 Values are formed from the accumulated per-group counts (numerators and
 denominators of each rate), so epoch logs, `evaluate` and

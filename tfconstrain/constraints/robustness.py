@@ -21,6 +21,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from tfconstrain import _keras_compat
 from tfconstrain.batch import Batch
 from tfconstrain.constraint import Constraint
 from tfconstrain.constraint import copying
@@ -454,7 +455,7 @@ class SpectralNorm(Constraint):
         if self._layer is not None:
             return self._layer
         if model is not None:
-            for layer in model._flatten_layers(include_self=False):
+            for layer in _keras_compat.flatten_layers(model):
                 if layer.name == self.layer_name:
                     self._layer = layer
                     return layer

@@ -71,7 +71,7 @@ def load_adult(include_sensitive: bool = True) -> AdultData:
     ```python
     data = tfc.datasets.load_adult()
     x = {"features": data.x_train, "sex": data.sex_train}
-    model.add_constraint(tfc.constraints.DemographicParity("sex", 0.05))
+    model.add_constraint(tfc.constraints.DemographicParity("sex") <= 0.05)
     model.fit(x, data.y_train, batch_size=512, epochs=10)
     ```
 

@@ -29,6 +29,7 @@ from typing import Any
 import keras
 import tensorflow as tf
 
+from tfconstrain import _keras_compat
 from tfconstrain.constraint import Constraint
 from tfconstrain.constraint import FunctionConstraint
 from tfconstrain.constraint import default_name
@@ -147,7 +148,7 @@ def registered_constraints(layer: keras.layers.Layer) -> list[Constraint]:
 def layer_constraints(model: keras.Model) -> list:
     """`(constraint, multiplier_init)` pairs declared by the model's layers."""
     found = []
-    for layer in model._flatten_layers(include_self=False, recursive=True):
+    for layer in _keras_compat.flatten_layers(model):
         found.extend(layer.__dict__.get(_CONSTRAINTS, ()))
     return found
 

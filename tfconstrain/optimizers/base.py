@@ -58,6 +58,13 @@ class DualOptimizer:
         """Creates the optimizer's state, once, outside any traced step."""
         del multipliers, create_state
 
+    def set_lower_bounds(self, lower_bounds: dict[str, float | None]) -> None:
+        """Receives each multiplier's lower bound under the projection
+        (`0.0` for inequality constraints, `None` for equalities), before
+        `build`. Optimizers whose state must respect it (an integral's
+        anti-windup) keep it; the default ignores it."""
+        del lower_bounds
+
     def propose(
         self,
         name: str,

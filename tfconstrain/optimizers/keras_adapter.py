@@ -69,13 +69,34 @@ class KerasDualOptimizer(DualOptimizer):
             )
         self.optimizer = type(optimizer).from_config(config)
         self._variables = {}
+        self._slots = {}
 
     def build(self, multipliers, create_state) -> None:
         self._variables = dict(multipliers)
         self.optimizer.build(list(multipliers.values()))
+        # Candidate slots of each multiplier: optimizer variables of its
+        # shape (restored where masked; a no-op on any other variable, which
+        # `update_step` does not touch).
+        self._slots = {
+            name: [
+                v
+                for v in self.optimizer.variables
+                if tuple(v.shape) == tuple(multiplier.shape)
+            ]
+            for name, multiplier in multipliers.items()
+        }
 
     def propose(self, name, multiplier, violation, mask, penalty=None):
+        """Runs the Keras optimizer's `update_step` on the multiplier.
+
+        Stateful: writes the multiplier and the optimizer's slots. Entries
+        outside `mask` get a zero gradient and their slots are restored
+        afterwards, so they do not move (Adam's moments would otherwise
+        decay towards 0 on them).
+        """
         gradient = -violation
+        slots = self._slots.get(name, []) if mask is not None else []
+        before = [tf.identity(tf.convert_to_tensor(v)) for v in slots]
         if mask is not None:
             gradient = tf.where(mask, gradient, tf.zeros_like(gradient))
         self.optimizer.update_step(
@@ -83,6 +104,8 @@ class KerasDualOptimizer(DualOptimizer):
             multiplier,
             self.optimizer.learning_rate,
         )
+        for variable, old in zip(slots, before):
+            variable.assign(tf.where(mask, tf.convert_to_tensor(variable), old))
         return tf.convert_to_tensor(multiplier)
 
     def finish_step(self) -> None:

@@ -17,27 +17,36 @@ class ScaledAscent(DualOptimizer):
 
     With `v_t` the violation at dual step `t` and `s_t` the constraint's
     scale, the largest violation magnitude seen so far (one number per
-    constraint, over all its entries),
+    constraint, over all its entries):
 
         s_t     = max(s_{t-1}, max_i |v_{t,i}|)
-        u_t     = v_t / s_t                                 (|u_t| <= 1)
-        λ_{t+1} = [λ_t + (η · u_t + κ_p · (u_t − u_{t−1})) / s_t]₊
+        u_t     = v_t / s_t                                  (|u_t| <= 1)
+        I_{t+1} = Π(I_t + η · u_t / s_t)                     (integral)
+        λ_{t+1} = Π(I_{t+1} + κ_p · u_t / s_t)               (+ proportional)
 
-    In terms of the rescaled constraint `c / s` and its multiplier
-    `λ̃ = s·λ`, this is `λ̃ ← [λ̃ + η·u_t + κ_p·(u_t − u_{t−1})]₊`: an
-    integral term with gain `η` (gradient ascent) and a proportional term
-    with gain `κ_p` (as in νPI, but not multiplied by `η`), which makes `λ̃`
-    react at once to a change of the violation and damps the oscillation of
-    plain ascent. Rescaling a constraint by `a` (stating it in other units)
-    rescales `s` and `v` by `a` and the optimal multiplier by `1/a`; the
-    update rescales `λ` by exactly `1/a` too, so the iterates are the same
-    in every unit: a constraint of scale 300 and one of scale 0.005 take the
-    same `η`, where plain ascent needs step sizes about 10⁹ apart.
+    `Π` is the projection of the constraint's multiplier (`[·]₊` for
+    inequalities, none for equalities; the model applies it to `λ`, the
+    optimizer to `I`, which is its anti-windup). In terms of
+    the rescaled constraint `c / s` and its multiplier `λ̃ = s·λ`, this is
+    PI control of `λ̃` with integral gain `η` and proportional gain `κ_p`:
+    the proportional term makes `λ` react at once to the violation and
+    damps the oscillation of plain ascent (e.g. on the paper's Example 1).
+    Rescaling a constraint by `a` (stating it in other units) rescales `s`
+    and `v` by `a` and the optimal multiplier by `1/a`; the update rescales
+    `λ` by exactly `1/a` too, so the iterates are the same in every unit: a
+    constraint of scale 300 and one of scale 0.005 take the same `η`, where
+    plain ascent needs step sizes about 10⁹ apart.
+
+    The integral is kept apart from the proportional term (positional PI),
+    so noise in `u` around a multiplier near 0 does not ratchet `λ` upwards
+    (in the incremental form `λ ← Π(λ + κ_p·Δu/s)`, the projection keeps
+    the upward kicks and cuts the downward ones). With `κ_p = 0` the rule
+    is projected gradient ascent on `λ̃`.
 
     Until the first non-zero violation, `s = 0` and the step is 0 (nothing
-    to correct). State (saved with the model): `s` per constraint, and
-    `u_{t−1}` per entry when `κ_p > 0`; masked entries keep their state.
-    The first step is `η · sign(v_0) / |v_0|`.
+    to correct). The integral starts at the multiplier's value when an
+    entry is first seen. State (saved with the model): `s` per constraint;
+    `I` and a started flag per entry; masked entries keep their state.
 
     Args:
         learning_rate: Float > 0. `η`, the integral gain in units of the
@@ -56,24 +65,25 @@ class ScaledAscent(DualOptimizer):
             )
         self.kp = kp
         self._scale = {}
-        self._previous = {}
+        self._integral = {}
         self._started = {}
+        self._lower = {}
 
     def build(self, multipliers, create_state) -> None:
         for name, multiplier in multipliers.items():
             shape = tuple(multiplier.shape)
             self._scale[name] = create_state(f"{name}_scale", (), 0.0)
-            if self.kp > 0:
-                self._previous[name] = create_state(
-                    f"{name}_scaled_previous", shape, 0.0
-                )
-                self._started[name] = create_state(
-                    f"{name}_scaled_started", shape, 0.0
-                )
+            self._integral[name] = create_state(f"{name}_integral", shape, 0.0)
+            self._started[name] = create_state(f"{name}_started", shape, 0.0)
+
+    def set_lower_bounds(self, lower_bounds) -> None:
+        self._lower = dict(lower_bounds)
 
     def propose(
         self, name, multiplier, violation, mask, penalty=None, indices=None
     ):
+        """The proposed multipliers (stateful: updates `s`, and `I` and the
+        started flags on entries in `mask`)."""
         magnitude = tf.abs(violation)
         if mask is not None:
             magnitude = tf.where(mask, magnitude, tf.zeros_like(magnitude))
@@ -84,21 +94,24 @@ class ScaledAscent(DualOptimizer):
         scale_variable.assign(scale)
         safe = tf.where(scale > 0.0, scale, tf.ones_like(scale))
         normalised = violation / safe
-        step = self.learning_rate * normalised
-        if self.kp > 0:
-            previous_state = read_entries(self._previous[name], indices)
-            started = read_entries(self._started[name], indices)
-            previous = tf.where(started > 0, previous_state, normalised)
-            step += self.kp * (normalised - previous)
-            if mask is not None:
-                kept = tf.where(mask, normalised, previous_state)
-                now_started = tf.where(mask, tf.ones_like(started), started)
-            else:
-                kept = normalised
-                now_started = tf.ones_like(started)
-            write_entries(self._previous[name], kept, indices)
-            write_entries(self._started[name], now_started, indices)
-        return read_entries(multiplier, indices) + step / safe
+        current = read_entries(multiplier, indices)
+        started = read_entries(self._started[name], indices) > 0
+        integral = tf.where(
+            started, read_entries(self._integral[name], indices), current
+        )
+        integral = integral + self.learning_rate * normalised / safe
+        lower = self._lower.get(name)
+        if lower is not None:
+            integral = tf.maximum(integral, lower)
+        proportional = self.kp * normalised / safe
+        keep = tf.ones_like(started) if mask is None else mask
+        for variable, new in (
+            (self._integral[name], integral),
+            (self._started[name], tf.ones_like(integral)),
+        ):
+            old = read_entries(variable, indices)
+            write_entries(variable, tf.where(keep, new, old), indices)
+        return integral + proportional
 
     def get_config(self) -> dict:
         return {
