@@ -94,8 +94,9 @@ def test_epoch_schedule_uses_dataset_level_value():
     )
     violations = np.array(history.history["rate_violation"])
     multipliers = np.array(history.history["rate_multiplier"])
-    # Logged multiplier of epoch e is read before that epoch's dual step.
-    expected = np.concatenate([[0.0], np.cumsum(0.5 * violations)[:-1]])
+    # The logged multiplier of epoch e is the one that epoch's dual step
+    # wrote (issue 8: it used to be read before the step).
+    expected = np.cumsum(0.5 * violations)
     np.testing.assert_allclose(multipliers, expected, rtol=1e-5)
     np.testing.assert_allclose(
         model.multipliers["rate"].numpy(), 0.5 * violations.sum(), rtol=1e-5

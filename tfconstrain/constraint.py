@@ -33,6 +33,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from tfconstrain import distribute
 from tfconstrain.batch import Batch
 
 KIND_ALIASES = {
@@ -449,9 +450,13 @@ class Constraint:
     ) -> Statistics:
         value = self.check_value(value, what)
         weight = batch.weight()
-        # A replica's share of a last global batch can be empty: its mean is
-        # NaN (0/0) but carries no weight, so it must add 0, not 0 · NaN.
-        weighted = tf.where(weight > 0, weight * value, tf.zeros_like(value))
+        weighted = weight * value
+        if batch.sample_weight is not None or distribute.num_replicas() > 1:
+            # A replica's share of a last global batch can be empty (or its
+            # weights all 0): its mean is NaN (0/0) but carries no weight,
+            # so it must add 0, not 0 · NaN. (One device without sample
+            # weights never sees an empty batch: no op for it.)
+            weighted = tf.where(weight > 0, weighted, tf.zeros_like(weighted))
         return (weighted, weight)
 
     def check_value(self, value: Any, what: str = "value") -> tf.Tensor:

@@ -29,9 +29,9 @@ import keras
 import tensorflow as tf
 
 from tfconstrain.optimizers.base import DualOptimizer
-from tfconstrain.optimizers.base import GradientAscent
 from tfconstrain.optimizers.base import PenaltyStepAscent
 from tfconstrain.optimizers.base import read_entries
+from tfconstrain.optimizers.scaled import ScaledAscent
 
 
 class Formulation:
@@ -115,8 +115,10 @@ class Formulation:
         return loss + tf.cast(total, loss.dtype)
 
     def default_dual_optimizer(self) -> DualOptimizer | None:
-        """The dual optimizer used when `compile` gets none."""
-        return GradientAscent(0.01)
+        """The dual optimizer used when `compile` gets none: scale-free PI
+        control, `tfc.optimizers.ScaledAscent(1.0, kp=1.0)` (chosen by the
+        catalogue study, docs/how-to/choosing_dual_method.md)."""
+        return ScaledAscent(1.0, kp=1.0)
 
     @property
     def initial_penalty(self) -> float | None:

@@ -221,8 +221,11 @@ class ConstrainedModel(_keras_compat.KerasCompatMixin, keras.Model):
             dual_optimizer: A float (learning rate of projected gradient
                 ascent), a `keras.optimizers.Optimizer` (used for ascent) or
                 a `tfc.optimizers` dual optimizer such as `NuPI`. Defaults to
-                gradient ascent with learning rate `1e-2` (for the augmented
-                Lagrangian: the classical step `λ ← [λ + c·v]₊`).
+                `tfc.optimizers.ScaledAscent(1.0, kp=1.0)`, PI control in
+                units of each constraint's own scale, which needs no step
+                size tuning across the catalogue of
+                `benchmarks/catalogue.py` (for the augmented Lagrangian: the
+                classical step `λ ← [λ + c·v]₊`).
             update: `"alternating"` (dual step first, then the primal step
                 with the new multipliers; one forward pass),
                 `"simultaneous"` (both steps from the same point), or

@@ -11,6 +11,7 @@ from tfconstrain.optimizers.base import GradientAscent
 from tfconstrain.optimizers.base import PenaltyStepAscent
 from tfconstrain.optimizers.keras_adapter import KerasDualOptimizer
 from tfconstrain.optimizers.nupi import NuPI
+from tfconstrain.optimizers.scaled import ScaledAscent
 
 __all__ = [
     "DualOptimizer",
@@ -18,6 +19,7 @@ __all__ = [
     "KerasDualOptimizer",
     "NuPI",
     "PenaltyStepAscent",
+    "ScaledAscent",
     "get",
 ]
 
