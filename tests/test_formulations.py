@@ -6,7 +6,6 @@ the penalty schedules, single hand-computed steps through a model, and
 Nocedal & Wright's Example 17.3.
 """
 
-
 import keras
 import numpy as np
 import pytest
