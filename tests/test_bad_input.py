@@ -3,6 +3,7 @@
 import keras
 import numpy as np
 import pytest
+from problems import mean_prediction
 
 import tfconstrain as tfc
 
@@ -18,10 +19,6 @@ def model():
 def compile_and_fit(m, **kwargs):
     m.compile(optimizer="sgd", loss="mse", **kwargs)
     m.fit(FEATURES, LABELS, epochs=1, verbose=0)
-
-
-def mean_prediction(batch):
-    return keras.ops.mean(batch.y_pred)
 
 
 def test_unknown_kind():

@@ -9,16 +9,13 @@ constraint logs are dataset aggregates.
 import keras
 import numpy as np
 import pytest
+from problems import mean_prediction
 
 import tfconstrain as tfc
 
 RNG = np.random.default_rng(0)
 FEATURES = RNG.normal(size=(64, 5)).astype("float32")
 LABELS = (FEATURES[:, :1] + 0.3 * FEATURES[:, 1:2] > 0).astype("float32")
-
-
-def mean_prediction(batch):
-    return keras.ops.mean(batch.y_pred)
 
 
 def build(dual_optimizer, constrained=True, bound=0.3, **compile_kwargs):

@@ -9,6 +9,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from problems import mean_prediction
 from problems import objective
 from problems import point_model
 
@@ -18,10 +19,6 @@ RNG = np.random.default_rng(0)
 FEATURES = RNG.normal(size=(48, 4)).astype("float32")
 LABELS = (FEATURES[:, :1] > 0).astype("float32")
 GROUPS = (np.arange(48) % 3).astype("int32")
-
-
-def mean_prediction(batch):
-    return keras.ops.mean(batch.y_pred)
 
 
 def functional(name="features"):
@@ -186,7 +183,13 @@ def test_functional_and_subclassed_use_do_not_interfere():
             return self.dense(inputs)
 
     model = Net()
-    assert not hasattr(model, "_operations") or model._operations is None
+    # Keras turns a Model subclass called with (inputs, outputs) into a
+    # functional model by rewriting the class; the functional use above must
+    # not have rewritten ConstrainedModel, so Net stays a subclassed model.
+    functional_class = tfc._keras_compat.functional_class()
+    assert type(model) is Net
+    assert not isinstance(model, functional_class)
+    assert not issubclass(tfc.ConstrainedModel, functional_class)
     assert model(FEATURES).shape == (48, 1)
 
 

@@ -7,12 +7,9 @@ was about replicas.
 import keras
 import numpy as np
 import pytest
+from problems import mean_prediction
 
 import tfconstrain as tfc
-
-
-def mean_prediction(batch):
-    return keras.ops.mean(batch.y_pred)
 
 
 def nan_on_negative_labels(batch):

@@ -5,17 +5,13 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from problems import mean_prediction
 
 import tfconstrain as tfc
 
 RNG = np.random.default_rng(0)
 FEATURES = RNG.normal(size=(32, 3)).astype("float32")
 LABELS = (FEATURES[:, :1] > 0).astype("float32")
-
-
-@keras.saving.register_keras_serializable(package="tfconstrain_tests")
-def mean_prediction(batch):
-    return keras.ops.mean(batch.y_pred)
 
 
 COMPILES = {
