@@ -7,6 +7,7 @@ was about replicas.
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 from problems import mean_prediction
 
 import tfconstrain as tfc
@@ -327,3 +328,25 @@ def test_dual_data_step_schedule_cycles_through_dual_batches():
     # The training data took no dual step: with 4 steps at every step the
     # multiplier would differ.
     assert expected > 0
+
+
+def test_nonfinite_error_names_the_constraint_and_step_first():
+    inputs = keras.Input((2,))
+    outputs = keras.layers.Dense(1, kernel_initializer="ones")(inputs)
+    model = tfc.ConstrainedModel(inputs, outputs)
+    model.add_constraint(mean_prediction, "<=", 0.3, name="fine")
+    model.add_constraint(
+        lambda b: keras.ops.mean(keras.ops.log(b.y_pred)),
+        "<=",
+        0.3,
+        name="log_prediction",
+    )
+    model.compile(optimizer="sgd", loss="mse")
+    x = -np.ones((8, 2), "float32")  # predictions -2: log is NaN
+    with pytest.raises(tf.errors.InvalidArgumentError) as info:
+        model.fit(x, np.zeros((8, 1), "float32"), verbose=0)
+    first_line = str(info.value).splitlines()[0]
+    assert first_line.startswith(
+        "Constraint(s) ['log_prediction'] had a non-finite"
+    )
+    assert "training step 0" in first_line

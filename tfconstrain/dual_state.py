@@ -175,16 +175,11 @@ class DualState:
                         self.formulation.initial_penalty,
                     )
             if self.dual_optimizer is not None:
-                set_lower_bounds = getattr(
-                    self.dual_optimizer, "set_lower_bounds", None
+                set_constraints = getattr(
+                    self.dual_optimizer, "set_constraints", None
                 )
-                if set_lower_bounds is not None:
-                    set_lower_bounds(
-                        {
-                            c.name: None if c.is_equality else 0.0
-                            for c in self.constraints
-                        }
-                    )
+                if set_constraints is not None:
+                    set_constraints({c.name: c for c in self.constraints})
                 self.dual_optimizer.build(dict(self.multipliers), create_state)
             self.keras_dual_optimizer = getattr(
                 self.dual_optimizer, "optimizer", None

@@ -19,6 +19,7 @@ instead: each replica applies the same sparse dual update.
 
 from __future__ import annotations
 
+import re
 import warnings
 from typing import NamedTuple
 
@@ -384,4 +385,40 @@ def _assert_finite(constraints, finite, iterations) -> None:
             "; no multiplier was updated. Pass on_nonfinite=skip to "
             "compile() to skip such dual steps instead.",
         ],
+    )
+
+
+_NONFINITE = re.compile(
+    r"Non-finite \(NaN or Inf\) constraint value\. Constraints "
+    r"\[(?P<names>[^\]]*)\] finite:\] \[(?P<flags>[^\]]*)\] "
+    r"\[at training step \(optimizer iteration\)\] \[(?P<step>\d+)\]"
+)
+
+
+def clear_nonfinite_error(error: Exception) -> Exception | None:
+    """The error of `on_nonfinite="raise"` with its message first.
+
+    TensorFlow reports a failed in-graph assertion as "Graph execution
+    error" followed by the trace of where the op was defined; the message
+    is at the end. Returns a new `InvalidArgumentError` whose message
+    names the non-finite constraints and the step first (the original
+    message follows), or `None` when `error` is not that assertion.
+    """
+    message = getattr(error, "message", None) or str(error)
+    match = _NONFINITE.search(message)
+    if match is None:
+        return None
+    names = [n.strip() for n in match["names"].split(",")]
+    flags = match["flags"].split()
+    bad = [n for n, f in zip(names, flags) if f in ("0", "false", "False")]
+    summary = (
+        f"Constraint(s) {bad or names} had a non-finite (NaN or Inf) value "
+        f"at training step {match['step']}; no multiplier was updated. "
+        "Check the constraint functions for log(0), 0/0 or overflow; pass "
+        "on_nonfinite='skip' to compile() to skip such dual steps instead."
+    )
+    return tf.errors.InvalidArgumentError(
+        getattr(error, "node_def", None),
+        getattr(error, "op", None),
+        f"{summary}\n\nTensorFlow's report:\n{message}",
     )

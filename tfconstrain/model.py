@@ -580,7 +580,13 @@ class ConstrainedModel(_keras_compat.KerasCompatMixin, keras.Model):
         strategy = self.distribute_strategy
         with _keras_compat.chief_only_writes(callbacks, strategy):
             with resume.skipping_done_batches(self, callbacks):
-                return super().fit(*args, callbacks=callbacks, **kwargs)
+                try:
+                    return super().fit(*args, callbacks=callbacks, **kwargs)
+                except tf.errors.InvalidArgumentError as error:
+                    clear = evaluation.clear_nonfinite_error(error)
+                    if clear is None:
+                        raise
+                    raise clear from None
 
     def evaluate(self, *args, **kwargs):
         """Keras' `evaluate`; numpy string side information is accepted."""

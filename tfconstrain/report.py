@@ -156,7 +156,7 @@ def _report_step(model, weights_without_y: bool):
             evaluation.batch_statistics(c, batch, "true") for c in constraints
         ]
 
-    @tf.function
+    @tf.function(reduce_retracing=True)
     def step(element):
         per_replica = strategy.run(replica_step, args=(element,))
         # One reduce per tensor: `Strategy.reduce` takes a single value

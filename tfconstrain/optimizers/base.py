@@ -58,12 +58,12 @@ class DualOptimizer:
         """Creates the optimizer's state, once, outside any traced step."""
         del multipliers, create_state
 
-    def set_lower_bounds(self, lower_bounds: dict[str, float | None]) -> None:
-        """Receives each multiplier's lower bound under the projection
-        (`0.0` for inequality constraints, `None` for equalities), before
-        `build`. Optimizers whose state must respect it (an integral's
-        anti-windup) keep it; the default ignores it."""
-        del lower_bounds
+    def set_constraints(self, constraints: dict[str, Any]) -> None:
+        """Receives the model's constraints (`name -> tfc.Constraint`)
+        before `build`, for optimizers whose rule depends on a constraint's
+        kind or bound (e.g. an integral's anti-windup at `λ >= 0`, a scale
+        taken from the bound). The default ignores them."""
+        del constraints
 
     def propose(
         self,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from tfconstrain.optimizers.base import DualOptimizer
@@ -16,10 +17,10 @@ class ScaledAscent(DualOptimizer):
     """PI control of each multiplier in units of its constraint's own scale.
 
     With `v_t` the violation at dual step `t` and `s_t` the constraint's
-    scale, the largest violation magnitude seen so far (one number per
-    constraint, over all its entries):
+    scale, the largest of its bound's magnitude and the violation magnitudes
+    seen so far (one number per constraint, over all its entries):
 
-        s_t     = max(s_{t-1}, max_i |v_{t,i}|)
+        s_t     = max(s_{t-1}, max_i |v_{t,i}|),   s_0 = max_i |b_i|
         u_t     = v_t / s_t                                  (|u_t| <= 1)
         I_{t+1} = Π(I_t + η · u_t / s_t)                     (integral)
         λ_{t+1} = Π(I_{t+1} + κ_p · u_t / s_t)               (+ proportional)
@@ -43,10 +44,13 @@ class ScaledAscent(DualOptimizer):
     the upward kicks and cuts the downward ones). With `κ_p = 0` the rule
     is projected gradient ascent on `λ̃`.
 
-    Until the first non-zero violation, `s = 0` and the step is 0 (nothing
-    to correct). The integral starts at the multiplier's value when an
-    entry is first seen. State (saved with the model): `s` per constraint;
-    `I` and a started flag per entry; masked entries keep their state.
+    Starting from the bound keeps a tiny first violation (a model that
+    starts just outside a bound of 0.01) from setting a tiny scale and a
+    huge first step. With a bound of 0 and until the first non-zero
+    violation, `s = 0` and the step is 0 (nothing to correct). The integral
+    starts at the multiplier's value when an entry is first seen. State
+    (saved with the model): `s` per constraint; `I` and a started flag per
+    entry; masked entries keep their state.
 
     Args:
         learning_rate: Float > 0. `η`, the integral gain in units of the
@@ -68,16 +72,26 @@ class ScaledAscent(DualOptimizer):
         self._integral = {}
         self._started = {}
         self._lower = {}
+        self._bound_scale = {}
 
     def build(self, multipliers, create_state) -> None:
         for name, multiplier in multipliers.items():
             shape = tuple(multiplier.shape)
-            self._scale[name] = create_state(f"{name}_scale", (), 0.0)
+            self._scale[name] = create_state(
+                f"{name}_scale", (), self._bound_scale.get(name, 0.0)
+            )
             self._integral[name] = create_state(f"{name}_integral", shape, 0.0)
             self._started[name] = create_state(f"{name}_started", shape, 0.0)
 
-    def set_lower_bounds(self, lower_bounds) -> None:
-        self._lower = dict(lower_bounds)
+    def set_constraints(self, constraints) -> None:
+        self._lower = {
+            name: None if c.is_equality else 0.0
+            for name, c in constraints.items()
+        }
+        self._bound_scale = {
+            name: float(np.max(np.abs(np.asarray(c.bound, np.float64))))
+            for name, c in constraints.items()
+        }
 
     def propose(
         self, name, multiplier, violation, mask, penalty=None, indices=None
