@@ -100,18 +100,6 @@ def test_noise_around_the_bound_does_not_ratchet_the_multiplier():
     np.testing.assert_allclose(values[1::2], 0.0, atol=1e-7)
 
 
-def test_scale_starts_at_the_bound():
-    """Bound 0.01, first violation 0.002: s = 0.01, u = 0.2, so
-    λ_1 = (η + κ_p)·0.2/0.01 = 40 (not (η + κ_p)/0.002 = 1000)."""
-    optimizer = ScaledAscent(1.0, kp=1.0)
-    multipliers, state = _built_with_bounds(optimizer, {"c": ()}, bound=0.01)
-    proposed = optimizer.propose(
-        "c", multipliers["c"], tf.constant(0.002), None
-    )
-    assert float(state["c_scale"]) == pytest.approx(0.01)
-    assert float(proposed) == pytest.approx(40.0, rel=1e-5)
-
-
 def test_equality_integral_is_not_projected():
     """Equality (lower bound None): I goes negative, λ = I + κ_p·u/s."""
     optimizer = ScaledAscent(0.5, kp=1.0)

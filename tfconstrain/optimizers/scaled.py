@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import keras
-import numpy as np
 import tensorflow as tf
 
 from tfconstrain.optimizers.base import DualOptimizer
@@ -17,10 +16,10 @@ class ScaledAscent(DualOptimizer):
     """PI control of each multiplier in units of its constraint's own scale.
 
     With `v_t` the violation at dual step `t` and `s_t` the constraint's
-    scale, the largest of its bound's magnitude and the violation magnitudes
-    seen so far (one number per constraint, over all its entries):
+    scale, the largest violation magnitude seen so far (one number per
+    constraint, over all its entries):
 
-        s_t     = max(s_{t-1}, max_i |v_{t,i}|),   s_0 = max_i |b_i|
+        s_t     = max(s_{t-1}, max_i |v_{t,i}|)
         u_t     = v_t / s_t                                  (|u_t| <= 1)
         I_{t+1} = Π(I_t + η · u_t / s_t)                     (integral)
         λ_{t+1} = Π(I_{t+1} + κ_p · u_t / s_t)               (+ proportional)
@@ -44,11 +43,14 @@ class ScaledAscent(DualOptimizer):
     the upward kicks and cuts the downward ones). With `κ_p = 0` the rule
     is projected gradient ascent on `λ̃`.
 
-    Starting from the bound keeps a tiny first violation (a model that
-    starts just outside a bound of 0.01) from setting a tiny scale and a
-    huge first step. With a bound of 0 and until the first non-zero
-    violation, `s = 0` and the step is 0 (nothing to correct). The integral
-    starts at the multiplier's value when an entry is first seen. State
+    Until the first non-zero violation, `s = 0` and the step is 0 (nothing
+    to correct). The first step is `(η + κ_p)·sign(v_0)/|v_0|`: large when
+    the first violation is tiny (a model that starts just outside its
+    bound); the next violations, if larger, raise `s` and shrink the steps.
+    (Taking the bound's magnitude as the initial scale avoids that, but
+    made 2 of the 11 catalogue problems infeasible: constraints whose bound
+    is far from their violations, such as a mean price `<= 290`.) The
+    integral starts at the multiplier's value when an entry is first seen. State
     (saved with the model): `s` per constraint; `I` and a started flag per
     entry; masked entries keep their state.
 
@@ -72,24 +74,17 @@ class ScaledAscent(DualOptimizer):
         self._integral = {}
         self._started = {}
         self._lower = {}
-        self._bound_scale = {}
 
     def build(self, multipliers, create_state) -> None:
         for name, multiplier in multipliers.items():
             shape = tuple(multiplier.shape)
-            self._scale[name] = create_state(
-                f"{name}_scale", (), self._bound_scale.get(name, 0.0)
-            )
+            self._scale[name] = create_state(f"{name}_scale", (), 0.0)
             self._integral[name] = create_state(f"{name}_integral", shape, 0.0)
             self._started[name] = create_state(f"{name}_started", shape, 0.0)
 
     def set_constraints(self, constraints) -> None:
         self._lower = {
             name: None if c.is_equality else 0.0
-            for name, c in constraints.items()
-        }
-        self._bound_scale = {
-            name: float(np.max(np.abs(np.asarray(c.bound, np.float64))))
             for name, c in constraints.items()
         }
 
