@@ -302,6 +302,8 @@ def heat_map(records: list, steps, path: Path) -> None:
     methods = [
         m for m in dict.fromkeys(r["method"] for r in records) if m != "default"
     ]
+    if not methods:  # only `default` runs: nothing swept to draw
+        return
     code = {"ok": 3, "over": 2, "infeasible": 1, "error": 0}
     cells = {(r["problem"], r["method"], r["value"]): r for r in records}
     colours = ListedColormap(["#555555", "#d7301f", "#fdae61", "#1a9850"])
