@@ -678,3 +678,49 @@ def _check_signature(fn: Callable, name: str) -> None:
             f"Constraint '{name}': the function must take exactly one "
             f"argument (a `tfc.Batch`), but its signature is {signature}."
         ) from error
+
+
+def as_constraint(
+    constraint, kind, bound, name, proxy, tolerance
+) -> Constraint:
+    """What `ConstrainedModel.add_constraint` adds: a copy of a
+    `tfc.Constraint` with the given overrides, or a `FunctionConstraint`
+    around a callable.
+
+    Raises:
+        TypeError: for something neither callable nor a `tfc.Constraint`.
+        ValueError: for a callable without `kind`, or a constraint without
+            a bound.
+    """
+    if isinstance(constraint, Constraint):
+        overrides = {
+            "kind": kind,
+            "bound": bound,
+            "name": name,
+            "proxy": proxy,
+            "tolerance": tolerance,
+        }
+        changes = {k: v for k, v in overrides.items() if v is not None}
+        if changes:
+            constraint = constraint.copy(**changes)
+        constraint.require_bound()
+        return constraint
+    label = name or getattr(constraint, "__name__", "constraint")
+    if not callable(constraint):
+        raise TypeError(
+            f"Constraint '{label}': expected a callable `fn(batch)` or a "
+            f"`tfc.Constraint`, got {constraint!r}."
+        )
+    if kind is None:
+        raise ValueError(
+            f"Constraint '{label}': `kind` is required for a callable "
+            "constraint ('<=', '>=' or '==')."
+        )
+    return FunctionConstraint(
+        constraint,
+        kind,
+        bound,
+        name=name,
+        proxy=proxy,
+        tolerance=1e-4 if tolerance is None else tolerance,
+    )

@@ -26,6 +26,7 @@ from tfconstrain.constraint import Constraint
 from tfconstrain.metrics import ConstraintMetric
 
 RESERVED_NAMES = ("loss", "lagrangian", "feasible")
+UPDATE_SCHEMES = ("alternating", "simultaneous", "alternating_primal_first")
 
 
 class DualSchedule(NamedTuple):
@@ -129,6 +130,42 @@ class DualState:
             model._tfc_metrics = list(self.metrics.values())
 
     # -------------------------------------------------------------- compile
+    def configure(self, formulation, dual_optimizer, update, on_nonfinite):
+        """Validates and resolves `compile`'s constrained arguments.
+
+        Raises:
+            ValueError: for an unknown `update` or `on_nonfinite`.
+            TypeError: for a `formulation` or `dual_optimizer` of the wrong
+                type.
+        """
+        formulation = formulations_module.get(formulation)
+        if update not in UPDATE_SCHEMES:
+            raise ValueError(
+                f"`update` must be one of {UPDATE_SCHEMES}, got {update!r}."
+            )
+        if on_nonfinite not in ("raise", "skip"):
+            raise ValueError(
+                "`on_nonfinite` must be 'raise' or 'skip', got "
+                f"{on_nonfinite!r}."
+            )
+        if dual_optimizer is None:
+            dual = formulation.default_dual_optimizer()
+        else:
+            dual = optimizers_module.get(dual_optimizer)
+            if not formulation.updates_multipliers:
+                warnings.warn(
+                    f"{type(formulation).__name__} keeps the multipliers "
+                    "fixed, so `dual_optimizer` is not used.",
+                    UserWarning,
+                    stacklevel=3,
+                )
+                dual = None
+        self.formulation = formulation
+        self.dual_optimizer = dual
+        self.dual_optimizer_argument = dual_optimizer
+        self.update = update
+        self.on_nonfinite = on_nonfinite
+
     def build(self, model) -> None:
         """(Re)creates penalty and dual-optimizer state, outside any step.
 

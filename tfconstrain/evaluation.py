@@ -23,6 +23,7 @@ import re
 import warnings
 from typing import NamedTuple
 
+import keras
 import tensorflow as tf
 
 from tfconstrain import distribute
@@ -191,6 +192,23 @@ def epoch_violations(constraints: list[Constraint], metrics: dict) -> list:
             mask = tf.logical_and(mask, valid)
         values.append((violation.numpy(), mask.numpy()))
     return values
+
+
+def with_feasibility(constraints, logs):
+    """`logs` with `feasible`: 1.0 when every constraint is within its
+    tolerance, read from the dataset-level `NAME_violation` entries (epoch
+    logs of `fit`, logs of `evaluate`; `val_feasible` follows from Keras'
+    `val_` prefix). Logs without every violation are returned unchanged."""
+    if not isinstance(logs, dict) or not constraints:
+        return logs
+    keys = [f"{c.name}_violation" for c in constraints]
+    if not all(key in logs for key in keys):
+        return logs
+    feasible = all(
+        float(keras.ops.convert_to_numpy(logs[key])) <= c.tolerance
+        for key, c in zip(keys, constraints)
+    )
+    return {**logs, "feasible": 1.0 if feasible else 0.0}
 
 
 def warn_if_independent_of_weights(steps, variables) -> None:

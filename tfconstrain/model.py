@@ -22,28 +22,26 @@ from collections.abc import Callable
 from typing import Any
 
 import keras
-import numpy as np
 import tensorflow as tf
 
 from tfconstrain import _keras_compat
 from tfconstrain import distribute
 from tfconstrain import evaluation
 from tfconstrain import formulations as formulations_module
-from tfconstrain import optimizers as optimizers_module
+from tfconstrain import model_config
 from tfconstrain import resume
 from tfconstrain import side_information
 from tfconstrain.batch import Batch
 from tfconstrain.constraint import Constraint
-from tfconstrain.constraint import FunctionConstraint
+from tfconstrain.constraint import as_constraint
 from tfconstrain.dual_state import RESERVED_NAMES  # noqa: F401 (re-export)
 from tfconstrain.dual_state import DualState
 from tfconstrain.dual_step import EpochDualStep
 from tfconstrain.dual_step import scheduled_dual_step
 from tfconstrain.metrics import ConstraintMetric
+from tfconstrain.safeguards import with_default_monitors
 
 _keras_compat.install_clone_model_hook()
-
-UPDATE_SCHEMES = ("alternating", "simultaneous", "alternating_primal_first")
 
 
 @keras.saving.register_keras_serializable(package="tfconstrain")
@@ -135,7 +133,7 @@ class ConstrainedModel(_keras_compat.KerasCompatMixin, keras.Model):
             TypeError: for a constraint that is neither callable nor a
                 `tfc.Constraint`.
         """
-        constraint = self._as_constraint(
+        constraint = as_constraint(
             constraint, kind, bound, name, proxy, tolerance
         )
         return self._register_constraint(constraint, multiplier_init)
@@ -244,85 +242,25 @@ class ConstrainedModel(_keras_compat.KerasCompatMixin, keras.Model):
                 behaves as `"skip"` without the count.
             *args, **kwargs: Keras' own `compile` arguments.
         """
-        formulation = formulations_module.get(formulation)
-        if update not in UPDATE_SCHEMES:
-            raise ValueError(
-                f"`update` must be one of {UPDATE_SCHEMES}, got {update!r}."
-            )
-        if on_nonfinite not in ("raise", "skip"):
-            raise ValueError(
-                "`on_nonfinite` must be 'raise' or 'skip', got "
-                f"{on_nonfinite!r}."
-            )
-        if dual_optimizer is None:
-            dual = formulation.default_dual_optimizer()
-        else:
-            dual = optimizers_module.get(dual_optimizer)
-            if not formulation.updates_multipliers:
-                import warnings
-
-                warnings.warn(
-                    f"{type(formulation).__name__} keeps the multipliers "
-                    "fixed, so `dual_optimizer` is not used.",
-                    UserWarning,
-                    stacklevel=2,
-                )
-                dual = None
         super().compile(*args, **kwargs)
-        state = self._tfc
-        state.formulation = formulation
-        state.dual_optimizer = dual
-        state.dual_optimizer_argument = dual_optimizer
-        state.update = update
-        state.on_nonfinite = on_nonfinite
+        self._tfc.configure(formulation, dual_optimizer, update, on_nonfinite)
         self._forget_traced_state()
-        if on_nonfinite == "skip" and state.skip_counter is None:
+        if on_nonfinite == "skip" and self._tfc.skip_counter is None:
             with _keras_compat.creating_state(self):
-                state.skip_counter = keras.metrics.Sum(
+                self._tfc.skip_counter = keras.metrics.Sum(
                     name="nonfinite_dual_skips"
                 )
-                self._tfc_skip_counter = state.skip_counter  # tracked metric
+                self._tfc_skip_counter = self._tfc.skip_counter  # tracked
         self._collect_layer_constraints()
-        state.build(self)
+        self._tfc.build(self)
 
     def get_compile_config(self):
-        config = super().get_compile_config()
-        if not config:
-            return config
-        state = self._tfc
-        argument = state.dual_optimizer_argument
-        if argument is not None and not isinstance(argument, (int, float)):
-            argument = keras.saving.serialize_keras_object(argument)
-        config["formulation"] = keras.saving.serialize_keras_object(
-            state.formulation
+        return model_config.compile_config(
+            self._tfc, super().get_compile_config()
         )
-        config["dual_optimizer"] = argument
-        config["update"] = state.update
-        config["on_nonfinite"] = state.on_nonfinite
-        return config
 
     def compile_from_config(self, config):
-        config = dict(config)
-        formulation = config.pop("formulation", None)
-        dual_optimizer = config.pop("dual_optimizer", None)
-        update = config.pop("update", "alternating")
-        on_nonfinite = config.pop("on_nonfinite", "raise")
-        if isinstance(formulation, dict):
-            formulation = keras.saving.deserialize_keras_object(formulation)
-        if isinstance(dual_optimizer, dict):
-            dual_optimizer = keras.saving.deserialize_keras_object(
-                dual_optimizer
-            )
-        config = keras.saving.deserialize_keras_object(config)
-        self.compile(
-            **config,
-            formulation=formulation,
-            dual_optimizer=dual_optimizer,
-            update=update,
-            on_nonfinite=on_nonfinite,
-        )
-        if getattr(self, "optimizer", None) is not None and self.built:
-            self.optimizer.build(self.trainable_variables)
+        model_config.compile_from_config(self, config)
 
     # ---------------------------------------------------------------- steps
     def __call__(self, inputs, *args, **kwargs):
@@ -447,23 +385,8 @@ class ConstrainedModel(_keras_compat.KerasCompatMixin, keras.Model):
         return logs
 
     def _complete_epoch_logs(self, logs):
-        """Adds `feasible`: 1.0 when every constraint is within tolerance.
-
-        Read from the dataset-level `NAME_violation` entries of the logs
-        (epoch logs of `fit`, logs of `evaluate`; `val_feasible` follows
-        from Keras' `val_` prefix).
-        """
-        constraints = self._tfc.constraints
-        if not isinstance(logs, dict) or not constraints:
-            return logs
-        keys = [f"{c.name}_violation" for c in constraints]
-        if not all(key in logs for key in keys):
-            return logs
-        feasible = all(
-            float(keras.ops.convert_to_numpy(logs[key])) <= c.tolerance
-            for key, c in zip(keys, constraints)
-        )
-        return {**logs, "feasible": 1.0 if feasible else 0.0}
+        """Adds `feasible` (see `evaluation.with_feasibility`)."""
+        return evaluation.with_feasibility(self._tfc.constraints, logs)
 
     # ------------------------------------------------------- epoch dual step
     def _epoch_violations(self) -> list:
@@ -481,40 +404,6 @@ class ConstrainedModel(_keras_compat.KerasCompatMixin, keras.Model):
         step(values)
 
     # ------------------------------------------------------ constraint setup
-    def _as_constraint(self, constraint, kind, bound, name, proxy, tolerance):
-        if isinstance(constraint, Constraint):
-            overrides = {
-                "kind": kind,
-                "bound": bound,
-                "name": name,
-                "proxy": proxy,
-                "tolerance": tolerance,
-            }
-            changes = {k: v for k, v in overrides.items() if v is not None}
-            if changes:
-                constraint = constraint.copy(**changes)
-            constraint.require_bound()
-            return constraint
-        label = name or getattr(constraint, "__name__", "constraint")
-        if not callable(constraint):
-            raise TypeError(
-                f"Constraint '{label}': expected a callable `fn(batch)` or a "
-                f"`tfc.Constraint`, got {constraint!r}."
-            )
-        if kind is None:
-            raise ValueError(
-                f"Constraint '{label}': `kind` is required for a callable "
-                "constraint ('<=', '>=' or '==')."
-            )
-        return FunctionConstraint(
-            constraint,
-            kind,
-            bound,
-            name=name,
-            proxy=proxy,
-            tolerance=1e-4 if tolerance is None else tolerance,
-        )
-
     def _register_constraint(self, constraint, multiplier_init):
         started = any(
             getattr(self, attr, None) is not None
@@ -571,7 +460,7 @@ class ConstrainedModel(_keras_compat.KerasCompatMixin, keras.Model):
         from tfconstrain.feasible import warn_objective_only_callbacks
         from tfconstrain.tensorboard import link_keras_tensorboard
 
-        callbacks = self._with_safeguards(callbacks)
+        callbacks = with_default_monitors(callbacks)
         warn_objective_only_callbacks(callbacks, self)
         link_keras_tensorboard(callbacks)
         args, kwargs = side_information.with_string_arrays_as_objects(
@@ -602,18 +491,6 @@ class ConstrainedModel(_keras_compat.KerasCompatMixin, keras.Model):
         )
         return super().predict(*args, **kwargs)
 
-    def _with_safeguards(self, callbacks):
-        from tfconstrain.safeguards import ConstraintDiagnostics
-        from tfconstrain.safeguards import MultiplierGrowthMonitor
-
-        if isinstance(callbacks, keras.callbacks.CallbackList):
-            return callbacks
-        callbacks = list(callbacks or [])
-        for monitor in (MultiplierGrowthMonitor, ConstraintDiagnostics):
-            if not any(isinstance(c, monitor) for c in callbacks):
-                callbacks.append(monitor())
-        return callbacks
-
     def make_train_function(self, force=False):
         self._collect_layer_constraints()
         return super().make_train_function(force=force)
@@ -627,41 +504,9 @@ class ConstrainedModel(_keras_compat.KerasCompatMixin, keras.Model):
         return {} if state is None else state.checkpoint_variables()
 
     def _clone_with(self, keras_clone_model, *args, **kwargs):
-        """What `keras.models.clone_model(self, ...)` returns: Keras' clone
-        (new layers, fresh weights) with this model's constraints (fresh
-        multipliers at their initial values), side information and compile
-        configuration."""
-        state = self._tfc
-        if isinstance(self, keras.Sequential):
-            # Keras clones a Sequential as a plain one: clone a plain view
-            # of the layers, then rebuild the constrained class around it.
-            view = keras.Sequential(self.layers, name=self.name)
-            if self.built:
-                view.build(self.inputs[0].shape)
-            plain = keras_clone_model(view, *args, **kwargs)
-            layers = list(plain.layers)
-            if plain.built:
-                source = plain.inputs[0]
-                layers.insert(
-                    0, keras.Input(batch_shape=source.shape, dtype=source.dtype)
-                )
-            clone = type(self)(layers, name=self.name)
-            if self.compiled:
-                clone.compile_from_config(self.get_compile_config())
-        else:
-            clone = keras_clone_model(self, *args, **kwargs)
-            if not isinstance(clone, ConstrainedModel):
-                return clone
-        clone._tfc.side_information = state.side_information
-        for constraint in state.constraints:
-            if constraint.name in state.layer_constraint_names:
-                continue
-            if constraint.name not in clone._tfc.multipliers:
-                clone.add_constraint(
-                    constraint.copy(),
-                    multiplier_init=state.multiplier_inits[constraint.name],
-                )
-        return clone
+        """What `keras.models.clone_model(self, ...)` returns (see
+        `model_config.clone`)."""
+        return model_config.clone(self, keras_clone_model, *args, **kwargs)
 
     # ----------------------------------------------------- side information
     def _check_side_information(self, keys) -> tuple:
@@ -676,52 +521,11 @@ class ConstrainedModel(_keras_compat.KerasCompatMixin, keras.Model):
 
     # --------------------------------------------------------------- config
     def get_config(self):
-        config = super().get_config()
-        state = self._tfc
-        config["side_information"] = list(state.side_information)
-        config["constraints"] = [
-            {
-                "constraint": keras.saving.serialize_keras_object(c),
-                "multiplier_init": np.asarray(
-                    state.multiplier_inits[c.name]
-                ).tolist(),
-            }
-            for c in state.constraints
-            if c.name not in state.layer_constraint_names
-        ]
-        return config
+        return model_config.model_config(self._tfc, super().get_config())
 
     @classmethod
     def from_config(cls, config, custom_objects=None):
-        config = dict(config)
-        constraints = config.pop("constraints", [])
-        side_information = tuple(config.pop("side_information", ()))
-        base = cls.__dict__.get("_constrained_base") or cls
-        if all(
-            key in config
-            for key in ("name", "layers", "input_layers", "output_layers")
-        ) and not issubclass(base, keras.Sequential):
-            twin = _keras_compat.functional_twin(base)
-            model = keras.Model.from_config.__func__(
-                twin, config, custom_objects=custom_objects
-            )
-        elif issubclass(base, keras.Sequential):
-            model = keras.Sequential.from_config.__func__(
-                base, config, custom_objects=custom_objects
-            )
-        else:
-            model = base(**config)
-        model._tfc.side_information = model._check_side_information(
-            side_information
-        )
-        for entry in constraints:
-            constraint = keras.saving.deserialize_keras_object(
-                entry["constraint"], custom_objects=custom_objects
-            )
-            model.add_constraint(
-                constraint, multiplier_init=entry.get("multiplier_init", 0.0)
-            )
-        return model
+        return model_config.model_from_config(cls, config, custom_objects)
 
 
 @keras.saving.register_keras_serializable(package="tfconstrain")

@@ -590,3 +590,16 @@ def _numpy(variable) -> np.ndarray:
     not accept (a NumPy 2 `DeprecationWarning`).
     """
     return tf.convert_to_tensor(variable).numpy()
+
+
+def with_default_monitors(callbacks):
+    """`fit`'s callbacks plus a `MultiplierGrowthMonitor` and a
+    `ConstraintDiagnostics`, unless given (a `CallbackList` is left as
+    it is)."""
+    if isinstance(callbacks, keras.callbacks.CallbackList):
+        return callbacks
+    callbacks = list(callbacks or [])
+    for monitor in (MultiplierGrowthMonitor, ConstraintDiagnostics):
+        if not any(isinstance(c, monitor) for c in callbacks):
+            callbacks.append(monitor())
+    return callbacks
