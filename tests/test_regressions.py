@@ -78,11 +78,12 @@ def test_skipped_batch_counts_once_whatever_the_replicas(mirrored, replicated):
     assert keras.ops.convert_to_numpy(model.multipliers["rate"]) > 0
 
 
-def test_float64_models_train():
+@pytest.mark.parametrize("replicated", [False, True])
+def test_float64_models_train(mirrored, replicated):
     keras.backend.set_floatx("float64")
     try:
         x, y = data(32)
-        model = linear_model(mean_prediction)
+        model = linear_model(mean_prediction, mirrored if replicated else None)
         history = model.fit(x, y, batch_size=8, epochs=2, verbose=0)
     finally:
         keras.backend.set_floatx("float32")
@@ -105,7 +106,12 @@ def test_feasible_key_follows_the_constraint_violations():
 
 
 # ------------------------------------------- Keras optimizers as dual step
-def per_sample_model(dual_optimizer, num_samples=10, epsilon=0.05):
+def per_sample_model(
+    dual_optimizer, num_samples=10, epsilon=0.05, strategy=None
+):
+    if strategy is not None:
+        with strategy.scope():
+            return per_sample_model(dual_optimizer, num_samples, epsilon)
     from tfconstrain.constraints.per_sample import PerSampleConstraint
 
     def per_example_loss(batch):
@@ -135,10 +141,11 @@ def _losses(model, x, y):
     )
 
 
+@pytest.mark.parametrize("replicated", [False, True])
 @pytest.mark.parametrize(
     "dual", ["float", "keras_sgd", "nupi"], ids=lambda d: d
 )
-def test_an_id_twice_in_a_batch_moves_once(dual):
+def test_an_id_twice_in_a_batch_moves_once(dual, mirrored, replicated):
     # λ_i ← [λ_i + η·v_i]₊ once per dual step, whatever the optimizer and
     # however often i occurs in the batch.
     optimizer = {
@@ -146,15 +153,18 @@ def test_an_id_twice_in_a_batch_moves_once(dual):
         "keras_sgd": keras.optimizers.SGD(1.0),
         "nupi": tfc.optimizers.NuPI(1.0, kp=0.0),
     }[dual]
-    model = per_sample_model(optimizer)
+    model = per_sample_model(
+        optimizer, strategy=mirrored if replicated else None
+    )
     rng = np.random.default_rng(0)
     x = rng.normal(size=(10, 2)).astype("float32")
     y = np.ones((10, 1), "float32")
-    ids = np.array([3, 3, 5])
+    # Two replicas of a batch of 4: ids 3 and 3 on one, 5 and 3 on the other.
+    ids = np.array([3, 3, 5, 3])
     model.fit(
         {"features": x[ids], "sample_id": ids},
         y[ids],
-        batch_size=3,
+        batch_size=4,
         epochs=1,
         verbose=0,
     )
@@ -165,26 +175,37 @@ def test_an_id_twice_in_a_batch_moves_once(dual):
     )
 
 
-def test_keras_dual_optimizer_keeps_the_state_of_masked_entries():
+@pytest.mark.parametrize("replicated", [False, True])
+def test_keras_dual_optimizer_keeps_the_state_of_masked_entries(
+    mirrored, replicated
+):
     # A group absent from batch 2: Adam's first moment of its entry stays
     # (1 - β1)·g1 from batch 1; it must not decay to β1·(1 - β1)·g1, and
     # its multiplier must not move.
     import warnings
 
-    constraint = tfc.constraints.PositivePredictionRate(
-        kind="<=", bound=0.1, group_key="g", num_groups=2
-    )
-    inputs = keras.Input((1,), name="score")
-    outputs = keras.layers.Dense(1, activation="sigmoid")(inputs)
-    model = tfc.ConstrainedModel(inputs, outputs)
-    model.add_constraint(constraint)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # momentum warning
-        model.compile(
-            optimizer=keras.optimizers.SGD(0.0),
-            loss="mse",
-            dual_optimizer=keras.optimizers.Adam(0.1, beta_1=0.9),
+    def build():
+        constraint = tfc.constraints.PositivePredictionRate(
+            kind="<=", bound=0.1, group_key="g", num_groups=2
         )
+        inputs = keras.Input((1,), name="score")
+        outputs = keras.layers.Dense(1, activation="sigmoid")(inputs)
+        model = tfc.ConstrainedModel(inputs, outputs)
+        model.add_constraint(constraint)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # momentum warning
+            model.compile(
+                optimizer=keras.optimizers.SGD(0.0),
+                loss="mse",
+                dual_optimizer=keras.optimizers.Adam(0.1, beta_1=0.9),
+            )
+        return model
+
+    if replicated:
+        with mirrored.scope():
+            model = build()
+    else:
+        model = build()
     p = np.full((4, 1), 3.0, "float32")  # rate 1 > 0.1 in every group
     group = np.array([0, 1, 0, 0], "int32")  # batch 2 (rows 2-3): no g=1
     y = np.ones((4, 1), "float32")
@@ -236,11 +257,14 @@ def test_clone_model_keeps_the_constraints(sequential):
     assert "rate_multiplier" in history.history
 
 
-def test_epoch_dual_step_multiplier_is_logged_after_the_step():
+@pytest.mark.parametrize("replicated", [False, True])
+def test_epoch_dual_step_multiplier_is_logged_after_the_step(
+    mirrored, replicated
+):
     # update_every="epoch": the dual step follows the epoch, so the logged
     # multiplier must be the one it wrote, λ_1 = η·v(epoch 1 weights).
     x, y = data(32)
-    model = linear_model(mean_prediction)
+    model = linear_model(mean_prediction, mirrored if replicated else None)
     history = model.fit(
         x,
         y,
