@@ -12,12 +12,16 @@ recall >= 0.90 on the training set. Three runs of the same model:
 Recall is a 0/1 rate (no gradient): the dual step and the report use the true
 recall, the primal step a smooth proxy (mean predicted probability on the
 positives). Run: `python3 dev.py demo` (add `--quick` for a short run).
+The constrained run's recall against its bound and its multiplier over the
+epochs are saved as a figure (`--plot PATH`, default under the temporary
+directory; `tfc.plot.training_dynamics`).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import tempfile
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -29,6 +33,9 @@ from sklearn.model_selection import train_test_split  # noqa: E402
 import tfconstrain as tfc  # noqa: E402
 
 TARGET_RECALL = 0.90
+DEFAULT_PLOT = os.path.join(
+    tempfile.gettempdir(), "tfconstrain_examples", "demo.png"
+)
 
 
 class Recall(tfc.constraints.CountConstraint):
@@ -112,6 +119,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="short run")
     parser.add_argument("--epochs", type=int, default=None)
+    parser.add_argument(
+        "--plot",
+        default=DEFAULT_PLOT,
+        metavar="PATH",
+        help=f"where to save the figure (default: {DEFAULT_PLOT})",
+    )
     args = parser.parse_args()
     epochs = args.epochs or (5 if args.quick else 20)
     x_train, y_train, x_test, y_test = load_data()
@@ -122,10 +135,15 @@ def main() -> None:
         ("constrained (Lagrangian)", tfc.Lagrangian(), 1.0),
     ]
     rows = []
+    constrained_history = None
     for title, formulation, dual in runs:
         print(f"\n=== {title} ===")
         model = build(formulation, dual)
-        model.fit(x_train, y_train, batch_size=64, epochs=epochs, verbose=1)
+        history = model.fit(
+            x_train, y_train, batch_size=64, epochs=epochs, verbose=1
+        )
+        if dual is not None:
+            constrained_history = history
         train_recall = recall_of(model, x_train, y_train)
         test_recall = recall_of(model, x_test, y_test)
         accuracy = model.evaluate(x_test, y_test, verbose=0, return_dict=True)[
@@ -158,6 +176,9 @@ def main() -> None:
         "\nThe penalty's weight is a guess that must be re-tuned per target; "
         "the Lagrangian learns it (the multiplier column) in one run."
     )
+    os.makedirs(os.path.dirname(os.path.abspath(args.plot)), exist_ok=True)
+    tfc.plot.training_dynamics(constrained_history, save_path=args.plot)
+    print(f"\nPlot: {args.plot}")
 
 
 if __name__ == "__main__":

@@ -15,12 +15,19 @@ Usage:
 
     python examples/fairness_adult.py            # ~30 s on 2 CPU cores
     python examples/fairness_adult.py --quick    # 3 epochs, a smoke run
+    python examples/fairness_adult.py --plot fairness.png
+
+The figure (`--plot PATH`, default under the temporary directory) shows,
+for each constrained run, the gap on the training batches and on the
+validation pass against its bound, and the multiplier, over the epochs
+(`tfc.plot.training_dynamics`).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import tempfile
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -29,6 +36,10 @@ import numpy as np  # noqa: E402
 
 import tfconstrain as tfc  # noqa: E402
 from tfconstrain.feasible import BestFeasibleWeights  # noqa: E402
+
+DEFAULT_PLOT = os.path.join(
+    tempfile.gettempdir(), "tfconstrain_examples", "fairness_adult.png"
+)
 
 
 def build_model(num_features: int, seed: int) -> tfc.ConstrainedModel:
@@ -53,6 +64,7 @@ def fairness_metrics(model, x, y, sex) -> dict:
 
 def train(data, constraint, epochs: int, batch_size: int, seed: int):
     model = build_model(data.x_train.shape[1], seed)
+    best = None
     callbacks = []
     fit_kwargs = {}
     x_train = {"features": data.x_train, "sex": data.sex_train}
@@ -72,7 +84,7 @@ def train(data, constraint, epochs: int, batch_size: int, seed: int):
         loss="binary_crossentropy",
         dual_optimizer=0.05,
     )
-    model.fit(
+    history = model.fit(
         x_train,
         data.y_train,
         batch_size=batch_size,
@@ -81,7 +93,41 @@ def train(data, constraint, epochs: int, batch_size: int, seed: int):
         verbose=0,
         **fit_kwargs,
     )
-    return model
+    return model, history, best
+
+
+def plot(path: str, runs: list) -> None:
+    """Saves the training dynamics of the constrained runs to a PNG.
+
+    Args:
+        path: Where to write the figure.
+        runs: `(constraint, History, BestFeasibleWeights)` of every
+            constrained run; their constraint logs are drawn one row each,
+            with the epoch whose weights were restored marked.
+    """
+    logs, bounds = {}, {}
+    for constraint, history, _ in runs:
+        name = constraint.name
+        for key, values in history.history.items():
+            if key in (name, f"val_{name}") or key.startswith(f"{name}_"):
+                logs[key] = values
+        bounds[name] = (constraint.kind, constraint.bound)
+    figure = tfc.plot.training_dynamics(
+        logs,
+        constraints=[constraint.name for constraint, _, _ in runs],
+        bounds=bounds,
+    )
+    for row, (_, _, best) in zip(figure.axes[::2], runs):
+        if best.best_epoch is not None:
+            row.axvline(
+                best.best_epoch + 1,
+                color="grey",
+                linestyle=":",
+                label="restored epoch",
+            )
+            row.legend(loc="best", fontsize="small")
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    figure.savefig(path, dpi=100)
 
 
 def main(argv=None) -> None:
@@ -90,6 +136,12 @@ def main(argv=None) -> None:
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--bound", type=float, default=0.05)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--plot",
+        default=DEFAULT_PLOT,
+        metavar="PATH",
+        help=f"where to save the figure (default: {DEFAULT_PLOT})",
+    )
     args = parser.parse_args(argv)
     epochs = 3 if args.quick else args.epochs
 
@@ -109,8 +161,9 @@ def main(argv=None) -> None:
     )
     header = f"{'':20s} {'split':6s} {'accuracy':>9s} {'DP gap':>8s} "
     print(header + f"{'EO gap':>8s}")
+    histories = []
     for name, constraint in runs.items():
-        model = train(data, constraint, epochs, 512, args.seed)
+        model, history, best = train(data, constraint, epochs, 512, args.seed)
         for split in ("train", "test"):
             metrics = fairness_metrics(
                 model,
@@ -135,7 +188,10 @@ def main(argv=None) -> None:
                 f"{np.max(report['value']):.4f}, satisfied "
                 f"{report['satisfied']}"
             )
+            histories.append((constraint, history, best))
         keras.backend.clear_session()
+    plot(args.plot, histories)
+    print(f"\nPlot: {args.plot}")
 
 
 if __name__ == "__main__":
