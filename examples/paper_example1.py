@@ -201,7 +201,7 @@ def main():
     )
     args = parser.parse_args()
     steps = 2000 if args.quick else 10_000
-    epsilons = [0.5] if args.quick else [0.2, 0.5, 0.8]
+    epsilons = [0.5] if args.quick else [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8]
 
     header = f"{'ε':>4} {'method':<28} {'x':>8} {'λ':>8} {'|x-x*|':>9}"
     print(header)
