@@ -75,6 +75,7 @@ from tfconstrain.formulations import Penalty  # noqa: E402
 from tfconstrain.formulations import QuadraticPenalty  # noqa: E402
 from tfconstrain.model import ConstrainedModel  # noqa: E402
 from tfconstrain.model import ConstrainedSequential  # noqa: E402
+from tfconstrain.report import ConstraintReport  # noqa: E402
 
 __version__ = "0.1.0"
 
@@ -84,6 +85,7 @@ __all__ = [
     "Batch",
     "ConstrainedModel",
     "ConstrainedSequential",
+    "ConstraintReport",
     "Constraint",
     "FeasibleEarlyStopping",
     "FeasibleModelCheckpoint",

@@ -39,7 +39,7 @@ from tfconstrain.dual_state import DualState
 from tfconstrain.dual_step import EpochDualStep
 from tfconstrain.dual_step import scheduled_dual_step
 from tfconstrain.metrics import ConstraintMetric
-from tfconstrain.safeguards import with_default_monitors
+from tfconstrain.safeguards import _with_default_monitors
 
 _keras_compat.install_clone_model_hook()
 
@@ -460,7 +460,7 @@ class ConstrainedModel(_keras_compat.KerasCompatMixin, keras.Model):
         from tfconstrain.feasible import warn_objective_only_callbacks
         from tfconstrain.tensorboard import link_keras_tensorboard
 
-        callbacks = with_default_monitors(callbacks)
+        callbacks = _with_default_monitors(callbacks)
         warn_objective_only_callbacks(callbacks, self)
         link_keras_tensorboard(callbacks)
         args, kwargs = side_information.with_string_arrays_as_objects(

@@ -592,7 +592,7 @@ def _numpy(variable) -> np.ndarray:
     return tf.convert_to_tensor(variable).numpy()
 
 
-def with_default_monitors(callbacks):
+def _with_default_monitors(callbacks):
     """`fit`'s callbacks plus a `MultiplierGrowthMonitor` and a
     `ConstraintDiagnostics`, unless given (a `CallbackList` is left as
     it is)."""
