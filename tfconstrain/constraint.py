@@ -567,8 +567,12 @@ class Constraint:
     def __repr__(self) -> str:
         if not self.is_bound:
             return f"<{type(self).__name__} '{self.name}': unbound>"
-        bound = self.bound.tolist()
-        return f"<{type(self).__name__} '{self.name}': c {self.kind} {bound}>"
+        # float32 bounds print at float32 precision (0.1, not 0.1000000015).
+        bound = np.asarray(self.bound)
+        text = np.array2string(bound, separator=", ", precision=7)
+        if bound.ndim == 0:
+            text = f"{float(np.format_float_positional(bound, trim='-')):g}"
+        return f"<{type(self).__name__} '{self.name}': c {self.kind} {text}>"
 
 
 def _weighted_mean(statistics: Statistics) -> tf.Tensor:

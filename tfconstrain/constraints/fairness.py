@@ -544,6 +544,12 @@ class GroupLoss(GroupedConstraintMixin, Constraint):
 
 def _per_example_loss(loss: Any, name: str):
     """A function `(y_true, y_pred) -> per-example losses` for `loss`."""
+    if isinstance(loss, str) and loss in ("<=", ">=", "==", "le", "ge", "eq"):
+        raise TypeError(
+            f"Constraint '{name}': got the kind {loss!r} as `loss`. `kind` "
+            "and `bound` are keyword-only: `GroupLoss(group_key) <= b` or "
+            "`GroupLoss(group_key, kind='<=', bound=b)`."
+        )
     if isinstance(loss, str):
         resolved = keras.losses.get(loss)
         if resolved is None:
