@@ -6,7 +6,8 @@ The maths lives elsewhere, one concern per module:
 - `formulations`: the primal objective `f + Σ sg(w)·v` and penalty growth;
 - `dual_step`: the dual rule (propose → project → write → penalty);
 - `dual_state`: the constraints and all their state (`DualState`);
-- `side_information`, `resume`, `_keras_compat` (every private Keras touch).
+- `model_config` (saving, loading, cloning), `side_information`, `resume`,
+  `_keras_compat` (every private Keras touch).
 
 One training step (all inside the compiled step, no host round trip):
 
