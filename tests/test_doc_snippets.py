@@ -252,7 +252,7 @@ def _needs_own_process(page: Path) -> bool:
         for s in snippets(page.read_text(encoding="utf-8"))
         if not s.skipped
     )
-    return re.search(r"\bStrategy\(", code) is not None
+    return re.search(r"Strategy\(", code) is not None
 
 
 _SKIP_EXIT = 77
