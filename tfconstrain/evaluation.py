@@ -180,14 +180,25 @@ def accumulate(constraints: list[Constraint], batch: Batch, metrics: dict):
 def epoch_violations(constraints: list[Constraint], metrics: dict) -> list:
     """`(violation, mask)` per constraint from the epoch's accumulated
     statistics (numpy arrays; eager)."""
+    return violations_from_totals(
+        constraints,
+        [
+            tuple(tf.convert_to_tensor(t) for t in metrics[c.name].totals)
+            for c in constraints
+        ],
+    )
+
+
+def violations_from_totals(constraints: list[Constraint], totals) -> list:
+    """`(violation, mask)` per constraint from summed statistics (numpy
+    arrays; eager): the input of the epoch dual step. Entries without data
+    or with a non-finite value are masked."""
     values = []
-    for constraint in constraints:
-        totals = tuple(
-            tf.convert_to_tensor(t) for t in metrics[constraint.name].totals
-        )
-        violation = constraint.violation(constraint.result(totals))
+    for constraint, statistics in zip(constraints, totals):
+        statistics = tuple(tf.cast(s, tf.float32) for s in statistics)
+        violation = constraint.violation(constraint.result(statistics))
         mask = tf.math.is_finite(violation)
-        valid = constraint.valid(totals)
+        valid = constraint.valid(statistics)
         if valid is not None:
             mask = tf.logical_and(mask, valid)
         values.append((violation.numpy(), mask.numpy()))

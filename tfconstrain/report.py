@@ -113,18 +113,9 @@ def batch_totals(model, element, weights_without_y: bool):
 
 
 def violations(model, totals) -> list:
-    """`(violation, mask)` per constraint from summed statistics: the input
-    of the epoch dual step (entries without data are masked)."""
-    values = []
-    for constraint, statistics in zip(model.constraints, totals):
-        tensors = tuple(tf.constant(s, tf.float32) for s in statistics)
-        violation = constraint.violation(constraint.result(tensors))
-        mask = tf.math.is_finite(violation)
-        valid = constraint.valid(tensors)
-        if valid is not None:
-            mask = tf.logical_and(mask, valid)
-        values.append((violation.numpy(), mask.numpy()))
-    return values
+    """`(violation, mask)` per constraint from summed statistics (see
+    `evaluation.violations_from_totals`)."""
+    return evaluation.violations_from_totals(model.constraints, totals)
 
 
 def _add(totals, step_values):
