@@ -684,6 +684,14 @@ def _check_signature(fn: Callable, name: str) -> None:
         ) from error
 
 
+def with_overrides(constraint: Constraint, **overrides: Any) -> Constraint:
+    """`constraint`, or a copy of it with the overrides that are not `None`
+    (what `add_constraint` and layer registration do with `kind=`,
+    `bound=`, `name=`, `proxy=`, `tolerance=`)."""
+    changes = {k: v for k, v in overrides.items() if v is not None}
+    return constraint.copy(**changes) if changes else constraint
+
+
 def as_constraint(
     constraint, kind, bound, name, proxy, tolerance
 ) -> Constraint:
@@ -697,16 +705,14 @@ def as_constraint(
             a bound.
     """
     if isinstance(constraint, Constraint):
-        overrides = {
-            "kind": kind,
-            "bound": bound,
-            "name": name,
-            "proxy": proxy,
-            "tolerance": tolerance,
-        }
-        changes = {k: v for k, v in overrides.items() if v is not None}
-        if changes:
-            constraint = constraint.copy(**changes)
+        constraint = with_overrides(
+            constraint,
+            kind=kind,
+            bound=bound,
+            name=name,
+            proxy=proxy,
+            tolerance=tolerance,
+        )
         constraint.require_bound()
         return constraint
     label = name or getattr(constraint, "__name__", "constraint")

@@ -35,7 +35,6 @@ from tfconstrain import side_information
 from tfconstrain.batch import Batch
 from tfconstrain.constraint import Constraint
 from tfconstrain.constraint import as_constraint
-from tfconstrain.dual_state import RESERVED_NAMES  # noqa: F401 (re-export)
 from tfconstrain.dual_state import DualState
 from tfconstrain.dual_step import EpochDualStep
 from tfconstrain.dual_step import scheduled_dual_step

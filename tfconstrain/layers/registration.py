@@ -33,6 +33,7 @@ from tfconstrain import _keras_compat
 from tfconstrain.constraint import Constraint
 from tfconstrain.constraint import FunctionConstraint
 from tfconstrain.constraint import default_name
+from tfconstrain.constraint import with_overrides
 
 _CONSTRAINTS = "_tfc_layer_constraints"
 _RECORDS = "_tfc_records"
@@ -98,16 +99,14 @@ def add_layer_constraint(
             constraint of the same name.
     """
     if isinstance(constraint, Constraint):
-        overrides = {
-            "kind": kind,
-            "bound": bound,
-            "name": name,
-            "tolerance": tolerance,
-            "proxy": proxy,
-        }
-        overrides = {k: v for k, v in overrides.items() if v is not None}
-        if overrides:
-            constraint = constraint.copy(**overrides)
+        constraint = with_overrides(
+            constraint,
+            kind=kind,
+            bound=bound,
+            name=name,
+            tolerance=tolerance,
+            proxy=proxy,
+        )
     else:
         label = name or f"{layer.name}_{default_name(constraint)}"
         if not callable(constraint):
