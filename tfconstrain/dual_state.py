@@ -75,6 +75,10 @@ class DualState:
         self.skip_counter = None
         self.schedule = DualSchedule()
         self.keras_dual_optimizer = None
+        # Scalar constraints of one kind class share one vector in the
+        # primal term and the dual rule (`evaluation.vector_groups`);
+        # `False` takes them one by one (same values; for tests).
+        self.vectorize = True
 
     def checkpoint_variables(self) -> dict[str, Any]:
         """`key -> variable` for TensorFlow's object-based checkpoints."""

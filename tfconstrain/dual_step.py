@@ -22,7 +22,9 @@ import tensorflow as tf
 
 from tfconstrain.constraint import Constraint
 from tfconstrain.evaluation import ConstraintStep
+from tfconstrain.evaluation import vector_groups
 from tfconstrain.optimizers.base import read_entries
+from tfconstrain.optimizers.base import stack_values
 from tfconstrain.optimizers.base import write_entries
 
 
@@ -52,54 +54,101 @@ def scheduled_dual_step(state, steps, iteration) -> None:
 def dual_step(state, steps) -> None:
     """Moves multipliers (and penalties) given global-batch violations.
 
+    Scalar constraints with summed statistics go through the rule as one
+    vector per kind class (`evaluation.vector_groups`): one proposal, one
+    projection and one penalty growth for all of them.
+
     Args:
         state: The model's `DualState` (formulation, dual optimizer,
             multipliers, penalties).
         steps: One `ConstraintStep` per constraint.
     """
-    formulation = state.formulation
     dual = state.dual_optimizer
-    if dual is None and not formulation.has_penalty:
+    if dual is None and not state.formulation.has_penalty:
         return
-    for step in steps:
-        constraint = step.constraint
-        name = constraint.name
-        penalty = state.penalties.get(name)
-        penalty_value = (
-            None if penalty is None else tf.convert_to_tensor(penalty)
-        )
-        violation = step.violation
-        if getattr(dual, "stateful", True) or penalty is not None:
-            # Masked entries must not reach optimizer state or penalties.
-            violation = tf.where(step.mask, violation, tf.zeros_like(violation))
-        if dual is not None:
-            multiplier = state.multipliers[name]
-            old = read_entries(multiplier, step.indices)
-            proposed = propose_entries(
-                dual,
-                name,
-                multiplier,
-                violation,
-                step.mask,
-                penalty_value,
-                step.indices,
-            )
-            new = project(
-                tf.where(step.mask, proposed, old),
-                constraint,
-                formulation.max_multiplier,
-            )
-            write_entries(multiplier, new, step.indices)
-        if penalty is not None:
-            worst = tf.reduce_max(constraint.positive_violation(violation))
-            grown = formulation.next_penalty(penalty_value, worst)
-            # A step without any data (e.g. a skipped non-finite batch)
-            # leaves the penalty as it is.
-            penalty.assign(
-                tf.where(tf.reduce_any(step.mask), grown, penalty_value)
-            )
+    for group in vector_groups(steps, state.vectorize):
+        if len(group) == 1:
+            _constraint_dual_step(state, group[0])
+        else:
+            _vector_dual_step(state, group)
     if dual is not None:
         dual.finish_step()
+
+
+def _constraint_dual_step(state, step: ConstraintStep) -> None:
+    """The rule for one constraint (any shape, dense or per-example)."""
+    formulation = state.formulation
+    dual = state.dual_optimizer
+    constraint = step.constraint
+    name = constraint.name
+    penalty = state.penalties.get(name)
+    penalty_value = None if penalty is None else tf.convert_to_tensor(penalty)
+    violation = step.violation
+    if getattr(dual, "stateful", True) or penalty is not None:
+        # Masked entries must not reach optimizer state or penalties.
+        violation = tf.where(step.mask, violation, tf.zeros_like(violation))
+    if dual is not None:
+        multiplier = state.multipliers[name]
+        old = read_entries(multiplier, step.indices)
+        proposed = propose_entries(
+            dual,
+            name,
+            multiplier,
+            violation,
+            step.mask,
+            penalty_value,
+            step.indices,
+        )
+        new = project(
+            tf.where(step.mask, proposed, old),
+            constraint,
+            formulation.max_multiplier,
+        )
+        write_entries(multiplier, new, step.indices)
+    if penalty is not None:
+        worst = tf.reduce_max(constraint.positive_violation(violation))
+        grown = formulation.next_penalty(penalty_value, worst)
+        # A step without any data (e.g. a skipped non-finite batch)
+        # leaves the penalty as it is.
+        penalty.assign(tf.where(tf.reduce_any(step.mask), grown, penalty_value))
+
+
+def _vector_dual_step(state, group: list) -> None:
+    """The rule for scalar constraints of one kind class, as one vector.
+
+    Entry `j` of every vector is constraint `j` of the group: the same
+    elementwise maths as `_constraint_dual_step`, on `(k,)` tensors, with
+    one read and one write per variable.
+    """
+    formulation = state.formulation
+    dual = state.dual_optimizer
+    names = [step.constraint.name for step in group]
+    violation = tf.stack([step.violation for step in group])
+    mask = tf.stack([step.mask for step in group])
+    penalties = [state.penalties.get(name) for name in names]
+    has_penalty = penalties[0] is not None
+    penalty_value = stack_values(penalties) if has_penalty else None
+    if getattr(dual, "stateful", True) or has_penalty:
+        violation = tf.where(mask, violation, tf.zeros_like(violation))
+    if dual is not None:
+        multipliers = [state.multipliers[name] for name in names]
+        old = stack_values(multipliers)
+        proposed = dual.propose_group(
+            names, multipliers, violation, mask, penalty_value
+        )
+        new = project(
+            tf.where(mask, proposed, old),
+            group[0].constraint,
+            formulation.max_multiplier,
+        )
+        for multiplier, value in zip(multipliers, tf.unstack(new)):
+            multiplier.assign(value)
+    if has_penalty:
+        worst = group[0].constraint.positive_violation(violation)
+        grown = formulation.next_penalty(penalty_value, worst)
+        new_penalty = tf.where(mask, grown, penalty_value)
+        for penalty, value in zip(penalties, tf.unstack(new_penalty)):
+            penalty.assign(value)
 
 
 def propose_entries(dual, name, multiplier, violation, mask, penalty, indices):

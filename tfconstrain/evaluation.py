@@ -56,6 +56,38 @@ class ConstraintStep(NamedTuple):
     primal_scale: tf.Tensor | None = None
 
 
+def vector_groups(steps: list, vectorize: bool = True) -> list[list]:
+    """The steps in groups that the primal term and the dual rule treat as
+    one vector.
+
+    Scalar constraints aggregated through summed statistics (not
+    per-example) form one group per kind class (inequalities, equalities):
+    their violations are stacked, so the primal weights, the proposal, the
+    projection and the penalty growth of the group are one op each instead
+    of one per constraint. Every other step is a group of its own. The
+    order within a group is the order of `steps`; elementwise maths makes
+    the vector path give the per-constraint path's values.
+
+    Args:
+        steps: `ConstraintStep`s.
+        vectorize: `False` puts every step in its own group (the
+            per-constraint path; tests compare the two).
+
+    Returns:
+        Lists of steps; groups of one are handled per constraint.
+    """
+    groups: dict = {}
+    for position, step in enumerate(steps):
+        scalar = step.indices is None and step.constraint.shape == ()
+        key = (
+            ("scalar", step.constraint.is_equality)
+            if vectorize and scalar
+            else position
+        )
+        groups.setdefault(key, []).append(step)
+    return list(groups.values())
+
+
 def batch_statistics(constraint: Constraint, batch: Batch, which: str):
     """A constraint's statistics for the batch, checked, as float32.
 

@@ -28,9 +28,11 @@ from typing import Any
 import keras
 import tensorflow as tf
 
+from tfconstrain.evaluation import vector_groups
 from tfconstrain.optimizers.base import DualOptimizer
 from tfconstrain.optimizers.base import PenaltyStepAscent
 from tfconstrain.optimizers.base import read_entries
+from tfconstrain.optimizers.base import stack_values
 from tfconstrain.optimizers.scaled import ScaledAscent
 
 
@@ -73,6 +75,7 @@ class Formulation:
         multipliers: dict,
         penalties: dict,
         skip_nonfinite: bool = False,
+        vectorize: bool = True,
     ) -> tf.Tensor:
         """The objective the primal step minimises, `f + Σ_j sg(w_j)·v_j`.
 
@@ -89,23 +92,42 @@ class Formulation:
             penalties: `name -> penalty variable` (penalty formulations).
             skip_nonfinite: When `True`, a batch with a non-finite
                 violation trains on `f` alone (`on_nonfinite="skip"`).
+            vectorize: Whether scalar constraints of one kind class are
+                weighted as one vector (`evaluation.vector_groups`; the
+                same values as one by one).
 
         Returns:
             The scalar objective.
         """
         total = tf.constant(0.0, tf.float32)
-        for step in steps:
-            name = step.constraint.name
-            violation = step.proxy_violation
-            penalty = penalties.get(name)
+        for group in vector_groups(steps, vectorize):
+            names = [step.constraint.name for step in group]
+            if len(group) == 1:
+                violation = group[0].proxy_violation
+                multiplier = read_entries(
+                    multipliers[names[0]], group[0].local_indices
+                )
+                penalty = penalties.get(names[0])
+                penalty = (
+                    None if penalty is None else tf.convert_to_tensor(penalty)
+                )
+            else:
+                # Scalar constraints of one kind class: one vector.
+                violation = tf.stack([step.proxy_violation for step in group])
+                multiplier = stack_values([multipliers[n] for n in names])
+                penalty = (
+                    stack_values([penalties[n] for n in names])
+                    if names[0] in penalties
+                    else None
+                )
             weight = self.primal_weight(
                 tf.stop_gradient(violation),
-                read_entries(multipliers[name], step.local_indices),
-                None if penalty is None else tf.convert_to_tensor(penalty),
-                step.constraint.is_equality,
+                multiplier,
+                penalty,
+                group[0].constraint.is_equality,
             )
-            if step.primal_scale is not None:
-                weight = weight * step.primal_scale
+            if group[0].primal_scale is not None:
+                weight = weight * group[0].primal_scale
             total += tf.reduce_sum(tf.stop_gradient(weight) * violation)
         if skip_nonfinite and steps:
             finite = tf.reduce_all(

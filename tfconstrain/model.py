@@ -309,6 +309,7 @@ class ConstrainedModel(_keras_compat.KerasCompatMixin, keras.Model):
                 state.multipliers,
                 state.penalties,
                 skip_nonfinite=state.on_nonfinite == "skip",
+                vectorize=state.vectorize,
             )
             objective = self.optimizer.scale_loss(objective)
         if self.trainable_weights:

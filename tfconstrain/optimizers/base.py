@@ -86,6 +86,35 @@ class DualOptimizer:
         """
         raise NotImplementedError
 
+    def propose_group(
+        self,
+        names: list[str],
+        multipliers: list,
+        violation: tf.Tensor,
+        mask: tf.Tensor,
+        penalty: tf.Tensor | None = None,
+    ) -> tf.Tensor:
+        """`propose` for scalar constraints stacked as one vector.
+
+        The model's vectorized path (`tfconstrain.evaluation.vector_groups`)
+        calls this once for a group of scalar constraints; entry `j` of
+        `violation`, `mask`, `penalty` and of the result belongs to
+        `names[j]` / `multipliers[j]`. The default runs `propose` per
+        constraint (same values as the per-constraint path); stateless
+        optimizers override it with one vector op.
+        """
+        proposals = [
+            self.propose(
+                name,
+                multiplier,
+                violation[j],
+                mask[j],
+                None if penalty is None else penalty[j],
+            )
+            for j, (name, multiplier) in enumerate(zip(names, multipliers))
+        ]
+        return tf.stack(proposals)
+
     @tf.autograph.experimental.do_not_convert
     def finish_step(self) -> None:
         """Called once after every constraint's `propose` of a dual step."""
@@ -124,6 +153,9 @@ class GradientAscent(DualOptimizer):
             read_entries(multiplier, indices) + self.learning_rate * violation
         )
 
+    def propose_group(self, names, multipliers, violation, mask, penalty=None):
+        return stack_values(multipliers) + self.learning_rate * violation
+
     def get_config(self) -> dict:
         return {"learning_rate": self.learning_rate}
 
@@ -149,6 +181,11 @@ class PenaltyStepAscent(DualOptimizer):
             )
         return read_entries(multiplier, indices) + penalty * violation
 
+    def propose_group(self, names, multipliers, violation, mask, penalty=None):
+        if penalty is None:
+            return self.propose(names[0], None, violation, mask)
+        return stack_values(multipliers) + penalty * violation
+
 
 def read_entries(variable, indices) -> tf.Tensor:
     """A variable's value, or its entries at `indices`.
@@ -163,6 +200,11 @@ def read_entries(variable, indices) -> tf.Tensor:
     if isinstance(variable, keras.Variable):
         variable = variable.value
     return tf.gather(variable, indices)
+
+
+def stack_values(variables) -> tf.Tensor:
+    """The values of scalar variables as one vector."""
+    return tf.stack([tf.convert_to_tensor(v) for v in variables])
 
 
 def write_entries(variable, value, indices) -> None:
