@@ -24,6 +24,7 @@ from tfconstrain import formulations as formulations_module
 from tfconstrain import optimizers as optimizers_module
 from tfconstrain.constraint import Constraint
 from tfconstrain.metrics import ConstraintMetric
+from tfconstrain.metrics import StatisticsAccumulator
 
 RESERVED_NAMES = ("loss", "lagrangian", "feasible")
 UPDATE_SCHEMES = ("alternating", "simultaneous", "alternating_primal_first")
@@ -129,9 +130,15 @@ class DualState:
             self.metrics[name] = ConstraintMetric(
                 constraint, lambda: multiplier
             )
+            dense = [c for c in self.constraints if not c.indexed]
+            accumulator = StatisticsAccumulator(dense) if dense else None
+            for constraint in dense:
+                self.metrics[constraint.name].accumulator = accumulator
             # As a model attribute, Keras tracks the metrics: they join
             # `model.metrics` (reset each epoch, read for epoch logs).
-            model._tfc_metrics = list(self.metrics.values())
+            model._tfc_metrics = [accumulator] * bool(dense) + list(
+                self.metrics.values()
+            )
 
     # -------------------------------------------------------------- compile
     def configure(self, formulation, dual_optimizer, update, on_nonfinite):

@@ -200,13 +200,13 @@ def accumulate(constraints: list[Constraint], batch: Batch, metrics: dict):
     summed across replicas when read. Indexed constraints are all-gathered
     and scattered, as in training.
     """
+    dense = {}
     for constraint in constraints:
         if constraint.indexed:
             _indexed_step(constraint, batch, metrics, primal=False)
         else:
-            metrics[constraint.name].update_state(
-                batch_statistics(constraint, batch, "true")
-            )
+            dense[constraint.name] = batch_statistics(constraint, batch, "true")
+    _add_statistics(metrics, dense)
 
 
 def epoch_violations(constraints: list[Constraint], metrics: dict) -> list:
@@ -310,6 +310,7 @@ def with_constraint_name(error: Exception, constraint: Constraint, batch):
 def _dense_steps(constraints, batch, metrics, primal: bool):
     """Steps of constraints aggregated through summed statistics."""
     local = []
+    accumulated = {}
     for constraint in constraints:
         proxy = batch_statistics(constraint, batch, "proxy") if primal else None
         if proxy is None or constraint.has_distinct_true_value:
@@ -320,10 +321,9 @@ def _dense_steps(constraints, batch, metrics, primal: bool):
         else:
             true = proxy
         local.append((constraint, true, proxy))
-        if metrics is not None:
-            metrics[constraint.name].update_state(
-                tuple(tf.stop_gradient(s) for s in true)
-            )
+        accumulated[constraint.name] = tuple(tf.stop_gradient(s) for s in true)
+    if metrics is not None:
+        _add_statistics(metrics, accumulated)
     if distribute.num_replicas() == 1:
         return [_local_step(*entry) for entry in local]
     flat = []
@@ -357,6 +357,13 @@ def _dense_steps(constraints, batch, metrics, primal: bool):
             )
         )
     return steps
+
+
+def _add_statistics(metrics: dict, statistics: dict) -> None:
+    """Adds dense constraints' batch statistics to their metrics' shared
+    accumulator (one op for all of them)."""
+    if statistics:
+        metrics[next(iter(statistics))].accumulator.update_state(statistics)
 
 
 def _local_step(constraint, true, proxy) -> ConstraintStep:

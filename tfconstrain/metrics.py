@@ -44,11 +44,15 @@ class ConstraintMetric(keras.metrics.Metric):
         self._constraint = constraint
         self._multiplier = multiplier
         self._penalty = penalty
+        # Dense constraints sum their statistics into the model's shared
+        # `StatisticsAccumulator` (one op per step for all of them).
+        self.accumulator: StatisticsAccumulator | None = None
+        self._indexed_totals = None
         if constraint.indexed:
             # Updated sparsely with all-gathered examples, identically on
             # every replica: mirrored (on-write) variables, not sync-on-read
             # ones (which have no scatter updates).
-            self.totals = [
+            self._indexed_totals = [
                 keras.Variable(
                     tf.zeros(shape, tf.float32),
                     trainable=False,
@@ -57,23 +61,24 @@ class ConstraintMetric(keras.metrics.Metric):
                 )
                 for i, shape in enumerate(constraint.statistics_shapes())
             ]
-        else:
-            self.totals = [
-                self.add_variable(
-                    shape=shape,
-                    initializer="zeros",
-                    dtype="float32",
-                    name=f"statistic_{i}",
-                )
-                for i, shape in enumerate(constraint.statistics_shapes())
-            ]
+
+    @property
+    def totals(self) -> list:
+        """The summed statistics (variables, or the accumulator's slices)."""
+        if self._indexed_totals is not None:
+            return self._indexed_totals
+        return self.accumulator.totals(self._constraint.name)
 
     def set_penalty(self, penalty: Callable | None) -> None:
         self._penalty = penalty
 
     def update_state(self, statistics) -> None:
-        for total, statistic in zip(self.totals, statistics):
-            total.assign_add(tf.cast(statistic, total.dtype))
+        """Adds one batch's statistics (dense constraints)."""
+        self.accumulator.update_state({self._constraint.name: statistics})
+
+    def reset_state(self) -> None:
+        for total in self._indexed_totals or ():
+            total.assign(tf.zeros_like(total))
 
     def update_indexed(self, indices, weighted_values, weights) -> None:
         """Adds examples' weighted values and weights at their indices."""
@@ -113,3 +118,62 @@ class ConstraintMetric(keras.metrics.Metric):
         if self._penalty is not None:
             logs[f"{name}_penalty"] = tf.convert_to_tensor(self._penalty())
         return logs
+
+
+class StatisticsAccumulator(keras.metrics.Metric):
+    """The summed statistics of all dense constraints, as one vector.
+
+    Each step adds every constraint's batch statistics with one
+    `assign_add` on one sync-on-read variable (summed across replicas when
+    read), instead of one per statistic; `ConstraintMetric.totals` reads a
+    constraint's slices. Reset with the other metrics at each epoch. It
+    logs nothing itself.
+
+    Args:
+        constraints: The dense (not per-example) constraints, in order.
+    """
+
+    def __init__(self, constraints: list[Constraint]):
+        super().__init__(name="constraint_statistics", dtype="float32")
+        self.layout: dict[str, list] = {}
+        offset = 0
+        for constraint in constraints:
+            entries = []
+            for shape in constraint.statistics_shapes():
+                size = int(np.prod(shape, dtype=np.int64))
+                entries.append((offset, size, tuple(shape)))
+                offset += size
+            self.layout[constraint.name] = entries
+        self.total = self.add_variable(
+            shape=(offset,),
+            initializer="zeros",
+            dtype="float32",
+            name="total",
+        )
+
+    def update_state(self, statistics: dict) -> None:
+        """Adds `name -> statistics` of one batch (missing names add 0)."""
+        parts = []
+        for name, entries in self.layout.items():
+            values = statistics.get(name)
+            for i, (_, size, _) in enumerate(entries):
+                if values is None:
+                    parts.append(tf.zeros([size], tf.float32))
+                else:
+                    parts.append(
+                        tf.reshape(tf.cast(values[i], tf.float32), [size])
+                    )
+        self.total.assign_add(
+            tf.concat(parts, 0) if len(parts) > 1 else parts[0]
+        )
+
+    def totals(self, name: str) -> list:
+        """The summed statistics of constraint `name` (tensors)."""
+        value = tf.convert_to_tensor(self.total)
+        return [
+            tf.reshape(value[offset : offset + size], shape)
+            for offset, size, shape in self.layout[name]
+        ]
+
+    def result(self) -> dict:
+        return {}
