@@ -45,6 +45,7 @@ from common import calibrate_steps
 from common import compare
 from common import count_ops
 from common import machine_info
+from common import paired_ratio
 from common import print_summary
 from common import repeated_batch
 from common import summarize
@@ -64,6 +65,30 @@ def moment(k: int):
 
     fn.__name__ = f"moment_{k}"
     return fn
+
+
+def penalty_loss(count: int):
+    """`bce + Σ_k 0.01 · mean(ŷᵏ)`: the same functions as fixed penalties
+    in a plain Keras loss (what users write without tfconstrain)."""
+
+    def loss(y_true, y_pred):
+        total = keras.losses.binary_crossentropy(y_true, y_pred)
+        total = keras.ops.mean(total)
+        for k in range(1, count + 1):
+            total += 0.01 * keras.ops.mean(keras.ops.power(y_pred, k))
+        return total
+
+    return loss
+
+
+# Plain models whose loss carries the callables as fixed penalty terms:
+# the constrained step against them is what tfconstrain adds beyond the
+# constraint functions themselves (their forward and backward ops).
+PENALTY_BASELINES = {
+    "1 callable": "plain + 1 penalty term",
+    "3 callables": "plain + 3 penalty terms",
+    "10 callables": "plain + 10 penalty terms",
+}
 
 
 def callables(count: int):
@@ -141,7 +166,10 @@ def build(arch, input_shape, constraint_set, jit: bool, spe: int):
         "jit_compile": jit,
         "steps_per_execution": spe,
     }
-    if constraint_set is None:
+    if constraint_set is None or constraint_set in PENALTY_BASELINES.values():
+        if constraint_set is not None:
+            count = int(constraint_set.split()[2])
+            compile_args["loss"] = penalty_loss(count)
         model = keras.Model(inputs, outputs)
         model.compile(**compile_args)
         return model
@@ -161,6 +189,11 @@ def block_candidates(arch, arrays, sets, jit, spe) -> dict:
         )
     }
     for name in sets:
+        if name in PENALTY_BASELINES:
+            candidates[PENALTY_BASELINES[name]] = Candidate(
+                build(arch, x.shape[1:], PENALTY_BASELINES[name], jit, spe),
+                lambda steps: repeated_batch(x, y, steps),
+            )
         uses_side = CONSTRAINT_SETS[name][1]
         candidates[name] = Candidate(
             build(arch, x.shape[1:], name, jit, spe),
@@ -307,7 +340,38 @@ def print_matrix(blocks: list, sets: list) -> dict:
             + " ".join(f"{cell:>16}" for cell in cells)
             + f"   worst {worst[name]:.2f} {verdict} {goal}"
         )
+    penalized = [name for name in sets if name in PENALTY_BASELINES]
+    if penalized:
+        print(
+            "\nconstrained step / the same functions as fixed penalty terms "
+            "in a plain Keras loss (what tfconstrain itself adds), wall/CPU:"
+        )
+        for name in penalized:
+            cells = []
+            for block in blocks:
+                row = block["versus_penalty"][name]
+                cells.append(
+                    f"{row['paired_ratio']:.2f}/{row['cpu_paired_ratio']:.2f}"
+                )
+            print(f"  {name:<34} " + " ".join(f"{cell:>16}" for cell in cells))
     return worst
+
+
+def versus_penalty(samples: dict, sets: list) -> dict:
+    """Paired ratios of each callables set to its fixed-penalty twin."""
+    result = {}
+    for name in sets:
+        if name not in PENALTY_BASELINES:
+            continue
+        twin = samples[PENALTY_BASELINES[name]]
+        ratio, iqr = paired_ratio(samples[name]["wall"], twin["wall"])
+        cpu_ratio, _ = paired_ratio(samples[name]["cpu"], twin["cpu"])
+        result[name] = {
+            "paired_ratio": ratio,
+            "ratio_iqr": iqr,
+            "cpu_paired_ratio": cpu_ratio,
+        }
+    return result
 
 
 def main() -> None:
@@ -374,6 +438,7 @@ def main() -> None:
                     "rounds": args.rounds,
                     "goals": goals,
                     "results": summary,
+                    "versus_penalty": versus_penalty(samples, args.sets),
                 }
                 if args.ops and mode == "graph" and spe == args.spe[0]:
                     block["op_counts"] = op_counts(candidates)
