@@ -178,17 +178,17 @@ class DualState:
         self.on_nonfinite = on_nonfinite
 
     def build(self, model) -> None:
-        """(Re)creates penalty and dual-optimizer state, outside any step.
+        """Creates penalty and dual-optimizer state, outside any step.
 
-        Values of state that survives the rebuild (same variable path and
-        shape) are kept, so adding a constraint after `compile` or compiling
-        again with the same formulation loses nothing.
+        State is created once: a later `build` (a constraint added after
+        `compile`, `compile` called again) reuses every variable that the
+        new formulation and dual optimizer ask for under the same name and
+        shape, with its value, and drops the others. Only the slots of a
+        Keras dual optimizer are copied into a fresh optimizer, because a
+        built Keras optimizer cannot take new variables.
         """
         if self.formulation is None:
             return
-        previous = {
-            v.path: keras.ops.convert_to_numpy(v) for v in self.dual_variables
-        }
         old_keras = self.keras_dual_optimizer
         previous_slots = {}
         if old_keras is not None and old_keras.built:
@@ -197,21 +197,24 @@ class DualState:
                 for v in old_keras.variables
             }
         self._check_keras_dual_optimizer()
+        unused = {variable.name: variable for variable in self.dual_variables}
+        self.dual_variables = []
+        self.penalties = {}
         with _keras_compat.creating_state(model):
-            for variable in self.dual_variables:
-                _keras_compat.untrack_variable(model, variable)
-            self.dual_variables = []
-            self.penalties = {}
 
             def create_state(name, shape, initial_value):
-                variable = model.add_weight(
-                    name=name,
-                    shape=shape,
-                    initializer=keras.initializers.Constant(initial_value),
-                    trainable=False,
-                    dtype="float32",
-                    autocast=False,
-                )
+                variable = unused.pop(name, None)
+                if variable is None or tuple(variable.shape) != tuple(shape):
+                    if variable is not None:
+                        unused[f"{name} (old shape)"] = variable
+                    variable = model.add_weight(
+                        name=name,
+                        shape=shape,
+                        initializer=keras.initializers.Constant(initial_value),
+                        trainable=False,
+                        dtype="float32",
+                        autocast=False,
+                    )
                 self.dual_variables.append(variable)
                 return variable
 
@@ -229,15 +232,13 @@ class DualState:
                 if set_constraints is not None:
                     set_constraints({c.name: c for c in self.constraints})
                 self.dual_optimizer.build(dict(self.multipliers), create_state)
+            for variable in unused.values():
+                _keras_compat.untrack_variable(model, variable)
             self.keras_dual_optimizer = getattr(
                 self.dual_optimizer, "optimizer", None
             )
             # Tracked as a model attribute: saved with the model.
             model._dual_keras_optimizer = self.keras_dual_optimizer
-        for variable in self.dual_variables:
-            value = previous.get(variable.path)
-            if value is not None and value.shape == tuple(variable.shape):
-                variable.assign(value)
         if self.keras_dual_optimizer is not None and previous_slots:
             for variable in self.keras_dual_optimizer.variables:
                 value = previous_slots.get(variable.name)
