@@ -10,6 +10,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from problems import mean_prediction
 
 import tfconstrain as tfc
 from tfconstrain import formulations
@@ -496,3 +497,66 @@ def test_default_dual_steps():
     default = tfc.Lagrangian().default_dual_optimizer()
     assert isinstance(default, tfc.optimizers.ScaledAscent)
     assert default.get_config() == {"learning_rate": 1.0, "kp": 1.0}
+
+
+# ---------------------------------------------------------------------------
+# The `lagrangian` log: f + Σ ψ(v) at dataset-level values.
+# ---------------------------------------------------------------------------
+@pytest.mark.parametrize("kind", ["<=", "=="])
+@pytest.mark.parametrize(
+    "formulation", ["lagrangian", "augmented", "quadratic"]
+)
+def test_lagrangian_log_is_the_loss_plus_psi_at_dataset_values(
+    formulation, kind
+):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(40, 2)).astype("float32")
+    y = (x[:, :1] > 0).astype("float32")
+    inputs = keras.Input((2,))
+    model = tfc.ConstrainedModel(
+        inputs, keras.layers.Dense(1, activation="sigmoid")(inputs)
+    )
+    model.add_constraint(
+        mean_prediction, kind, 0.2, name="rate", multiplier_init=0.7
+    )
+    lam, c = 0.7, 2.0
+    formulations = {
+        "lagrangian": tfc.Lagrangian(),
+        "augmented": tfc.AugmentedLagrangian(penalty=c),
+        "quadratic": tfc.QuadraticPenalty(penalty=c),
+    }
+    model.compile(
+        optimizer="sgd", loss="mse", formulation=formulations[formulation]
+    )
+    logs = model.evaluate(x, y, batch_size=16, verbose=0, return_dict=True)
+    v = float(np.mean(model.predict(x, verbose=0))) - 0.2
+    if formulation == "lagrangian":
+        psi = lam * v
+    elif formulation == "augmented" and kind == "==":
+        psi = lam * v + c / 2 * v**2
+    elif formulation == "augmented":
+        psi = (max(lam + c * v, 0.0) ** 2 - lam**2) / (2 * c)
+    else:
+        psi = c / 2 * (v if kind == "==" else max(v, 0.0)) ** 2
+    assert logs["lagrangian"] == pytest.approx(logs["loss"] + psi, abs=1e-5)
+
+
+def test_lagrangian_is_logged_per_epoch_for_training_and_validation():
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(32, 2)).astype("float32")
+    y = (x[:, :1] > 0).astype("float32")
+    inputs = keras.Input((2,))
+    model = tfc.ConstrainedModel(
+        inputs, keras.layers.Dense(1, activation="sigmoid")(inputs)
+    )
+    model.add_constraint(mean_prediction, "<=", 0.2, name="rate")
+    model.compile(optimizer="sgd", loss="mse", dual_optimizer=0.5)
+    history = model.fit(
+        x, y, batch_size=8, epochs=2, validation_data=(x, y), verbose=0
+    )
+    assert len(history.history["lagrangian"]) == 2
+    assert len(history.history["val_lagrangian"]) == 2
+    # After training, λ > 0 and the rate is violated: L > f.
+    last = {key: values[-1] for key, values in history.history.items()}
+    assert last["rate_multiplier"] > 0 and last["rate_violation"] > 0
+    assert last["lagrangian"] > last["loss"]

@@ -259,6 +259,56 @@ def with_feasibility(constraints, logs):
     return {**logs, "feasible": 1.0 if feasible else 0.0}
 
 
+def with_lagrangian(state, logs):
+    """`logs` with `lagrangian`: the formulation's objective at the
+    dataset-level values, `f + Σ_j Σ_entries ψ(v_j; λ_j, c_j)`.
+
+    `f` is the logged `loss`; `v_j` the violations of the accumulated
+    statistics (entries without data add nothing); `ψ` the formulation's
+    `objective_term`, e.g. `λ·v` for `tfc.Lagrangian`, with the current
+    multipliers and penalties. A per-example constraint adds the
+    data-weighted mean of its examples' `ψ(v_i; λ_i, c)`, as in its primal
+    term. Logs without `loss` and every violation key are returned
+    unchanged (step logs).
+
+    Args:
+        state: The model's `DualState`.
+        logs: Epoch logs of `fit` or logs of `evaluate` (`val_lagrangian`
+            follows from Keras' `val_` prefix).
+    """
+    constraints = state.constraints
+    if not isinstance(logs, dict) or not constraints or "loss" not in logs:
+        return logs
+    if not all(f"{c.name}_violation" in logs for c in constraints):
+        return logs
+    formulation = state.formulation
+    if formulation is None:
+        return logs
+    totals = [
+        tuple(tf.convert_to_tensor(t) for t in state.metrics[c.name].totals)
+        for c in constraints
+    ]
+    total = float(keras.ops.convert_to_numpy(logs["loss"]))
+    for constraint, statistics, (violation, mask) in zip(
+        constraints, totals, violations_from_totals(constraints, totals)
+    ):
+        penalty = state.penalties.get(constraint.name)
+        terms = formulation.objective_term(
+            tf.where(mask, violation, tf.zeros_like(violation)),
+            tf.convert_to_tensor(state.multipliers[constraint.name]),
+            None if penalty is None else tf.convert_to_tensor(penalty),
+            constraint.is_equality,
+        )
+        terms = tf.where(mask, terms, tf.zeros_like(terms))
+        if constraint.indexed:
+            weights = tf.cast(statistics[-1], terms.dtype)
+            terms = tf.math.divide_no_nan(
+                terms * weights, tf.reduce_sum(weights)
+            )
+        total += float(tf.reduce_sum(terms))
+    return {**logs, "lagrangian": total}
+
+
 def warn_if_independent_of_weights(steps, variables) -> None:
     """At trace time: does each primal term depend on trainable weights?
 

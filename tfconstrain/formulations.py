@@ -65,7 +65,8 @@ class Formulation:
         penalty: tf.Tensor | None,
         is_equality: bool,
     ) -> tf.Tensor:
-        """`ψ(v)` summed over entries (for reporting the Lagrangian)."""
+        """`ψ(v)` per entry, elementwise (`primal_weight` is its
+        derivative); the epoch logs' `lagrangian` sums it."""
         raise NotImplementedError
 
     def primal_objective(
@@ -223,7 +224,7 @@ class Lagrangian(Formulation):
         return multiplier
 
     def objective_term(self, violation, multiplier, penalty, is_equality):
-        return tf.reduce_sum(multiplier * violation)
+        return multiplier * violation
 
     def get_config(self):
         return {"max_multiplier": self._max_multiplier}
@@ -436,11 +437,9 @@ class AugmentedLagrangian(_PenaltySchedule):
 
     def objective_term(self, violation, multiplier, penalty, is_equality):
         if is_equality:
-            return tf.reduce_sum(
-                multiplier * violation + 0.5 * penalty * violation**2
-            )
+            return multiplier * violation + 0.5 * penalty * violation**2
         shifted = tf.maximum(multiplier + penalty * violation, 0.0)
-        return tf.reduce_sum((shifted**2 - multiplier**2) / (2.0 * penalty))
+        return (shifted**2 - multiplier**2) / (2.0 * penalty)
 
     def get_config(self):
         config = super().get_config()
@@ -494,7 +493,7 @@ class QuadraticPenalty(_PenaltySchedule):
     def objective_term(self, violation, multiplier, penalty, is_equality):
         if not is_equality:
             violation = tf.maximum(violation, 0.0)
-        return tf.reduce_sum(0.5 * penalty * violation**2)
+        return 0.5 * penalty * violation**2
 
 
 @keras.saving.register_keras_serializable(package="tfconstrain")
@@ -537,7 +536,7 @@ class Penalty(Formulation):
         return multiplier
 
     def objective_term(self, violation, multiplier, penalty, is_equality):
-        return tf.reduce_sum(multiplier * violation)
+        return multiplier * violation
 
     def get_config(self):
         return {"coefficient": self.coefficient}

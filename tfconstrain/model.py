@@ -386,8 +386,10 @@ class ConstrainedModel(_keras_compat.KerasCompatMixin, keras.Model):
         return logs
 
     def _complete_epoch_logs(self, logs):
-        """Adds `feasible` (see `evaluation.with_feasibility`)."""
-        return evaluation.with_feasibility(self._tfc.constraints, logs)
+        """Adds `feasible` and `lagrangian` (`evaluation.with_feasibility`,
+        `evaluation.with_lagrangian`)."""
+        logs = evaluation.with_feasibility(self._tfc.constraints, logs)
+        return evaluation.with_lagrangian(self._tfc, logs)
 
     # ------------------------------------------------------- epoch dual step
     def _epoch_violations(self) -> list:
