@@ -29,6 +29,7 @@ import tensorflow as tf
 from tfconstrain import distribute
 from tfconstrain.batch import Batch
 from tfconstrain.constraint import Constraint
+from tfconstrain.constraint import MeanStatistics
 
 
 class ConstraintStep(NamedTuple):
@@ -112,7 +113,11 @@ def batch_statistics(constraint: Constraint, batch: Batch, which: str):
             shapes = constraint.proxy_statistics_shapes()
     except (KeyError, TypeError, ValueError) as error:
         raise with_constraint_name(error, constraint, batch) from error
+    value = getattr(statistics, "value", None)
     statistics = tuple(tf.cast(s, tf.float32) for s in statistics)
+    if value is not None:
+        statistics = MeanStatistics(statistics)
+        statistics.value = tf.cast(value, tf.float32)
     if len(statistics) != len(shapes) or any(
         not s.shape.is_compatible_with(shape)
         for s, shape in zip(statistics, shapes)
@@ -429,10 +434,13 @@ def _local_step(constraint, true, proxy) -> ConstraintStep:
     """
     proxy_violation = None
     if proxy is not None:
-        result_fn = (
-            constraint.result if proxy is true else constraint.proxy_result
-        )
-        proxy_violation = constraint.violation(result_fn(proxy))
+        value = _batch_mean(constraint, proxy, primal=proxy is not true)
+        if value is None:
+            result_fn = (
+                constraint.result if proxy is true else constraint.proxy_result
+            )
+            value = result_fn(proxy)
+        proxy_violation = constraint.violation(value)
     if proxy is true:
         violation = tf.stop_gradient(proxy_violation)
     else:
@@ -443,6 +451,18 @@ def _local_step(constraint, true, proxy) -> ConstraintStep:
         _valid_mask(constraint, true, violation),
         proxy_violation,
     )
+
+
+def _batch_mean(constraint: Constraint, statistics, primal: bool):
+    """The batch value carried by `MeanStatistics`, when the constraint
+    forms its value as their plain ratio (`Constraint.result`), else
+    `None`."""
+    value = getattr(statistics, "value", None)
+    if value is None or type(constraint).result is not Constraint.result:
+        return None
+    if primal and type(constraint).proxy_result is not Constraint.proxy_result:
+        return None
+    return value
 
 
 def _indexed_step(constraint, batch, metrics, primal: bool) -> ConstraintStep:
