@@ -15,7 +15,6 @@ from problems import mean_prediction
 
 import tfconstrain as tfc
 from tfconstrain.evaluation import vector_groups
-from tfconstrain.optimizers.base import GradientAscent
 
 
 def second_moment(batch):
@@ -171,19 +170,25 @@ def test_vector_path_agrees_on_two_replicas(mirrored, setup):
     assert_same(first, second, history_a, history_b)
 
 
-def test_scalar_constraints_are_grouped_by_kind_class(monkeypatch):
+@pytest.mark.parametrize(
+    "dual",
+    [lambda: 0.2, lambda: tfc.optimizers.NuPI(0.1, kp=0.5)],
+    ids=["ascent", "nupi"],
+)
+def test_scalar_constraints_are_grouped_by_kind_class(monkeypatch, dual):
     calls = []
-    original = GradientAscent.propose_group
+    cls = type(tfc.optimizers.get(dual()))
+    original = cls.propose_group
 
     def spy(self, names, *args, **kwargs):
         calls.append(tuple(names))
         return original(self, names, *args, **kwargs)
 
-    monkeypatch.setattr(GradientAscent, "propose_group", spy)
+    monkeypatch.setattr(cls, "propose_group", spy)
     x, y = data(32)
     for vectorize in (True, False):
         calls.clear()
-        model = build(tfc.Lagrangian, lambda: 0.2, vectorize)
+        model = build(tfc.Lagrangian, dual, vectorize)
         model.fit(x, y, batch_size=16, epochs=1, verbose=0)
         expected = [("mean", "second", "recall"), ("feature", "third")]
         assert calls == (expected if vectorize else [])

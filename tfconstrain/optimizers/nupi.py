@@ -8,6 +8,7 @@ import tensorflow as tf
 from tfconstrain.optimizers.base import DualOptimizer
 from tfconstrain.optimizers.base import check_learning_rate
 from tfconstrain.optimizers.base import read_entries
+from tfconstrain.optimizers.base import stack_values
 from tfconstrain.optimizers.base import write_entries
 
 
@@ -87,8 +88,34 @@ class NuPI(DualOptimizer):
     def propose(
         self, name, multiplier, violation, mask, penalty=None, indices=None
     ):
-        xi_state = read_entries(self._xi[name], indices)
-        started = read_entries(self._started[name], indices)
+        xi, started, step = self._rule(
+            read_entries(self._xi[name], indices),
+            read_entries(self._started[name], indices),
+            violation,
+            mask,
+        )
+        write_entries(self._xi[name], xi, indices)
+        write_entries(self._started[name], started, indices)
+        return read_entries(multiplier, indices) + self.learning_rate * step
+
+    def propose_group(self, names, multipliers, violation, mask, penalty=None):
+        xi_variables = [self._xi[name] for name in names]
+        started_variables = [self._started[name] for name in names]
+        xi, started, step = self._rule(
+            stack_values(xi_variables),
+            stack_values(started_variables),
+            violation,
+            mask,
+        )
+        for variable, value in zip(xi_variables, tf.unstack(xi)):
+            variable.assign(value)
+        for variable, value in zip(started_variables, tf.unstack(started)):
+            variable.assign(value)
+        return stack_values(multipliers) + self.learning_rate * step
+
+    def _rule(self, xi_state, started, violation, mask):
+        """`(ξ, started, step)` after a violation (elementwise); masked
+        entries keep their state."""
         previous = tf.where(started > 0, xi_state, violation)
         xi = self.nu * previous + (1.0 - self.nu) * violation
         step = self.ki * violation + self.kp * (xi - previous)
@@ -97,9 +124,7 @@ class NuPI(DualOptimizer):
             now_started = tf.where(mask, tf.ones_like(started), started)
         else:
             now_started = tf.ones_like(started)
-        write_entries(self._xi[name], xi, indices)
-        write_entries(self._started[name], now_started, indices)
-        return read_entries(multiplier, indices) + self.learning_rate * step
+        return xi, now_started, step
 
     def get_config(self) -> dict:
         return {
