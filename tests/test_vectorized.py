@@ -22,7 +22,8 @@ def second_moment(batch):
 
 
 def first_feature_moment(batch):
-    return keras.ops.mean(batch.y_pred[:, 0] * batch.x[:, 0])
+    prediction = keras.ops.cast(batch.y_pred[:, 0], batch.x.dtype)
+    return keras.ops.mean(prediction * batch.x[:, 0])
 
 
 def third_moment(batch):
@@ -207,3 +208,23 @@ def test_groups_keep_order_and_leave_vectors_alone():
         ["halves"],
     ]
     assert [len(g) for g in vector_groups(steps, vectorize=False)] == [1] * 6
+
+
+@pytest.mark.parametrize(
+    "precision", ["mixed_float16", "mixed_bfloat16", "float64"]
+)
+def test_vector_path_agrees_under_mixed_precision_and_float64(precision):
+    if precision == "float64":
+        keras.backend.set_floatx("float64")
+    else:
+        keras.mixed_precision.set_dtype_policy(precision)
+    try:
+        (first, history_a), (second, history_b) = fit_both(
+            "augmented lagrangian"
+        )
+    finally:
+        keras.backend.set_floatx("float32")
+        keras.mixed_precision.set_dtype_policy("float32")
+    assert_same(first, second, history_a, history_b)
+    # Multipliers keep their dtype contract (float32) whatever the policy.
+    assert all(value.dtype == np.float32 for value in first[1].values())
