@@ -21,7 +21,7 @@ class ScaledAscent(DualOptimizer):
 
         s_t     = max(s_{t-1}, max_i |v_{t,i}|)
         u_t     = v_t / s_t                                  (|u_t| <= 1)
-        I_{t+1} = Π(I_t + η · u_t / s_t)                     (integral)
+        I_{t+1} = Π(I_t + o_t · η · u_t / s_t)               (integral)
         λ_{t+1} = Π(I_{t+1} + κ_p · u_t / s_t)               (+ proportional)
 
     `Π` is the projection of the constraint's multiplier (`[·]₊` for
@@ -37,6 +37,20 @@ class ScaledAscent(DualOptimizer):
     constraint of scale 300 and one of scale 0.005 take the same `η`, where
     plain ascent needs step sizes about 10⁹ apart.
 
+    `o_t` is 1 from the first step on which the violation differs from the
+    one of the step before (per constraint, the sum over its entries with
+    data), and 0 before, except on the very first step: the integral waits
+    until the primal side has moved the constraint at all. A constraint
+    whose value is piecewise constant (the inference density of L0 gates,
+    a hard count) can keep exactly the same violation for hundreds of steps
+    while the weights move towards the threshold; integrating that constant
+    violation would wind the multiplier up to hundreds of times the value
+    that moves the weights, and every gate would then cross at once. Until
+    the violation first changes, the multiplier keeps the value of its
+    first step. Constraints whose value moves on every step (anything
+    differentiable, any mini-batch estimate) are not affected after their
+    second step.
+
     The integral is kept apart from the proportional term (positional PI),
     so noise in `u` around a multiplier near 0 does not ratchet `λ` upwards
     (in the incremental form `λ ← Π(λ + κ_p·Δu/s)`, the projection keeps
@@ -50,9 +64,10 @@ class ScaledAscent(DualOptimizer):
     (Taking the bound's magnitude as the initial scale avoids that, but
     made 2 of the 11 catalogue problems infeasible: constraints whose bound
     is far from their violations, such as a mean price `<= 290`.) The
-    integral starts at the multiplier's value when an entry is first seen. State
-    (saved with the model): `s` per constraint; `I` and a started flag per
-    entry; masked entries keep their state.
+    integral starts at the multiplier's value when an entry is first seen.
+    State (saved with the model): `s`, the last violation sum and `o` per
+    constraint; `I` and a started flag per entry; masked entries keep
+    their state.
 
     Args:
         learning_rate: Float > 0. `η`, the integral gain in units of the
@@ -71,6 +86,8 @@ class ScaledAscent(DualOptimizer):
             )
         self.kp = kp
         self._scale = {}
+        self._last = {}
+        self._open = {}
         self._integral = {}
         self._started = {}
         self._lower = {}
@@ -79,6 +96,8 @@ class ScaledAscent(DualOptimizer):
         for name, multiplier in multipliers.items():
             shape = tuple(multiplier.shape)
             self._scale[name] = create_state(f"{name}_scale", (), 0.0)
+            self._last[name] = create_state(f"{name}_last", (), 0.0)
+            self._open[name] = create_state(f"{name}_open", (), 0.0)
             self._integral[name] = create_state(f"{name}_integral", shape, 0.0)
             self._started[name] = create_state(f"{name}_started", shape, 0.0)
 
@@ -88,19 +107,42 @@ class ScaledAscent(DualOptimizer):
             for name, c in constraints.items()
         }
 
+    def _integral_gate(self, name, violation, mask, old_scale):
+        """`o_t` (float 0/1): 1 on the first step and once the violation
+        has changed; updates the last violation sum and the latch."""
+        if mask is None:
+            has_data = tf.constant(True)
+            total = tf.reduce_sum(violation)
+        else:
+            has_data = tf.reduce_any(mask)
+            total = tf.reduce_sum(
+                tf.where(mask, violation, tf.zeros_like(violation))
+            )
+        last = tf.convert_to_tensor(self._last[name])
+        first = old_scale <= 0.0
+        changed = tf.logical_and(
+            has_data, tf.logical_and(tf.logical_not(first), total != last)
+        )
+        is_open = tf.logical_or(
+            tf.convert_to_tensor(self._open[name]) > 0.0, changed
+        )
+        self._open[name].assign(tf.cast(is_open, tf.float32))
+        self._last[name].assign(tf.where(has_data, total, last))
+        return tf.cast(tf.logical_or(is_open, first), tf.float32)
+
     def propose(
         self, name, multiplier, violation, mask, penalty=None, indices=None
     ):
-        """The proposed multipliers (stateful: updates `s`, and `I` and the
-        started flags on entries in `mask`)."""
+        """The proposed multipliers (stateful: updates `s`, the latch, and
+        `I` and the started flags on entries in `mask`)."""
         magnitude = tf.abs(violation)
         if mask is not None:
             magnitude = tf.where(mask, magnitude, tf.zeros_like(magnitude))
         scale_variable = self._scale[name]
-        scale = tf.maximum(
-            tf.convert_to_tensor(scale_variable), tf.reduce_max(magnitude)
-        )
+        old_scale = tf.convert_to_tensor(scale_variable)
+        scale = tf.maximum(old_scale, tf.reduce_max(magnitude))
         scale_variable.assign(scale)
+        gate = self._integral_gate(name, violation, mask, old_scale)
         safe = tf.where(scale > 0.0, scale, tf.ones_like(scale))
         normalised = violation / safe
         current = read_entries(multiplier, indices)
@@ -108,7 +150,7 @@ class ScaledAscent(DualOptimizer):
         integral = tf.where(
             started, read_entries(self._integral[name], indices), current
         )
-        integral = integral + self.learning_rate * normalised / safe
+        integral = integral + gate * self.learning_rate * normalised / safe
         lower = self._lower.get(name)
         if lower is not None:
             integral = tf.maximum(integral, lower)

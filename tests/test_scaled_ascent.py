@@ -1,0 +1,128 @@
+"""ScaledAscent's integral latch: no integration of an unchanged violation.
+
+Expected numbers come from the update rule,
+
+    s_t = max(s_{t-1}, max_i |v_{t,i}|),  u_t = v_t / s_t,
+    I_{t+1} = Π(I_t + o_t·η·u_t / s_t),  λ_{t+1} = Π(I_{t+1} + κ_p·u_t / s_t),
+
+with `o_t = 1` on the first step and from the first step whose violation
+differs from the previous one, `0` before.
+"""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tfconstrain.optimizers.scaled import ScaledAscent
+
+
+class _Spec:
+    def __init__(self, is_equality):
+        self.is_equality = is_equality
+
+
+def _built(optimizer, shapes, equality=False):
+    optimizer.set_constraints({name: _Spec(equality) for name in shapes})
+    multipliers = {
+        name: keras.Variable(np.zeros(shape, "float32"))
+        for name, shape in shapes.items()
+    }
+    state = {}
+
+    def create_state(name, shape, initial_value):
+        state[name] = keras.Variable(np.full(shape, initial_value, "float32"))
+        return state[name]
+
+    optimizer.build(multipliers, create_state)
+    return multipliers, state
+
+
+def _run(optimizer, lam, violations, mask=None, lower=0.0):
+    """Applies the model's side of a dual step (projection) each time."""
+    values = []
+    for v in violations:
+        proposed = optimizer.propose("c", lam, tf.constant(v), mask)
+        if lower is not None:
+            proposed = tf.maximum(proposed, lower)
+        lam.assign(proposed)
+        values.append(float(lam))
+    return values
+
+
+def test_a_repeated_violation_is_not_integrated_until_it_changes():
+    """η = κ_p = 1; v = 0.5 five times, then 0.25 twice (s = 0.5).
+
+    Step 1: u = 1, I = 1·1/0.5 = 2, λ = 2 + 1/0.5 = 4.
+    Steps 2-5: v unchanged, o = 0: I = 2, λ = 4.
+    Step 6: v changed, o = 1 from now on: u = 0.5, η·u/s = 1: I = 3, λ = 4.
+    Step 7: v repeated, but the integral is open: I = 4, λ = 5.
+    """
+    optimizer = ScaledAscent(1.0, kp=1.0)
+    multipliers, state = _built(optimizer, {"c": ()})
+    values = _run(optimizer, multipliers["c"], [0.5] * 5 + [0.25, 0.25])
+    np.testing.assert_allclose(values, [4, 4, 4, 4, 4, 4, 5], rtol=1e-6)
+    assert float(state["c_integral"]) == pytest.approx(4.0)
+    assert float(state["c_open"]) == 1.0
+
+
+def test_latch_is_scale_free():
+    """The same violations in units 1000× smaller: λ exactly 1000× larger."""
+    sequence = [0.5] * 4 + [0.3, 0.1, 0.1, -0.2]
+    runs = []
+    for a in (1.0, 1e-3):
+        optimizer = ScaledAscent(0.5, kp=2.0)
+        multipliers, _ = _built(optimizer, {"c": ()}, equality=True)
+        runs.append(
+            _run(
+                optimizer,
+                multipliers["c"],
+                [a * v for v in sequence],
+                lower=None,
+            )
+        )
+    np.testing.assert_allclose(
+        np.array(runs[1]) * 1e-3, runs[0], rtol=1e-5, atol=1e-5
+    )
+
+
+def test_equality_dead_time_keeps_the_first_multiplier():
+    """Equality, v = -0.5 for 100 steps (η = 1, κ_p = 1): λ = -4 throughout.
+
+    Plain PI would integrate to I = -2 - 99·2 = -200 by step 100.
+    """
+    optimizer = ScaledAscent(1.0, kp=1.0)
+    multipliers, _ = _built(optimizer, {"c": ()}, equality=True)
+    values = _run(optimizer, multipliers["c"], [-0.5] * 100, lower=None)
+    np.testing.assert_allclose(values, -4.0, rtol=1e-6)
+
+
+def test_a_step_without_data_does_not_open_the_latch():
+    """A fully masked step (the model zeroes its violation) is no change."""
+    optimizer = ScaledAscent(1.0, kp=0.0)
+    multipliers, state = _built(optimizer, {"c": (2,)})
+    lam = multipliers["c"]
+    full = tf.constant([True, True])
+    empty = tf.constant([False, False])
+    lam.assign(optimizer.propose("c", lam, tf.constant([0.5, 0.5]), full))
+    # s = 0.5, u = 1: I = λ = 1/0.5 = 2 on both entries.
+    np.testing.assert_allclose(lam.numpy(), [2.0, 2.0])
+    optimizer.propose("c", lam, tf.constant([0.0, 0.0]), empty)
+    assert float(state["c_open"]) == 0.0
+    proposed = optimizer.propose("c", lam, tf.constant([0.5, 0.5]), full)
+    np.testing.assert_allclose(proposed.numpy(), [2.0, 2.0])
+    # A changed violation opens it: I = 2 + 1·(0.25/0.5)/0.5 = 3.
+    proposed = optimizer.propose("c", lam, tf.constant([0.25, 0.5]), full)
+    np.testing.assert_allclose(proposed.numpy(), [3.0, 4.0])
+
+
+def test_a_varying_violation_is_plain_positional_pi():
+    """v = 2, 1, 0.5 (η = 0.1, κ_p = 1, s = 2): the latch opens at step 2.
+
+    I: 0.1·1/2 = 0.05, + 0.1·0.5/2 = 0.075, + 0.1·0.25/2 = 0.0875;
+    λ = I + u/2: 0.55, 0.325, 0.2125.
+    """
+    optimizer = ScaledAscent(0.1, kp=1.0)
+    multipliers, _ = _built(optimizer, {"c": ()})
+    values = _run(optimizer, multipliers["c"], [2.0, 1.0, 0.5])
+    np.testing.assert_allclose(values, [0.55, 0.325, 0.2125], rtol=1e-6)
