@@ -173,8 +173,12 @@ def test_vector_path_agrees_on_two_replicas(mirrored, setup):
 
 @pytest.mark.parametrize(
     "dual",
-    [lambda: 0.2, lambda: tfc.optimizers.NuPI(0.1, kp=0.5)],
-    ids=["ascent", "nupi"],
+    [
+        lambda: 0.2,
+        lambda: tfc.optimizers.NuPI(0.1, kp=0.5),
+        lambda: tfc.optimizers.ScaledAscent(1.0, kp=1.0),
+    ],
+    ids=["ascent", "nupi", "scaled (the default)"],
 )
 def test_scalar_constraints_are_grouped_by_kind_class(monkeypatch, dual):
     calls = []

@@ -8,6 +8,7 @@ import tensorflow as tf
 from tfconstrain.optimizers.base import DualOptimizer
 from tfconstrain.optimizers.base import check_learning_rate
 from tfconstrain.optimizers.base import read_entries
+from tfconstrain.optimizers.base import stack_values
 from tfconstrain.optimizers.base import write_entries
 
 
@@ -163,6 +164,47 @@ class ScaledAscent(DualOptimizer):
             old = read_entries(variable, indices)
             write_entries(variable, tf.where(keep, new, old), indices)
         return integral + proportional
+
+    def propose_group(self, names, multipliers, violation, mask, penalty=None):
+        """`propose` for scalar constraints stacked as one vector: the same
+        elementwise rule (for a scalar, the max and sum over entries are
+        the entry), one read and one write per state variable."""
+        state = {
+            key: [getattr(self, f"_{key}")[name] for name in names]
+            for key in ("scale", "last", "open", "integral", "started")
+        }
+        old = {key: stack_values(values) for key, values in state.items()}
+        zeros = tf.zeros_like(violation)
+        scale = tf.maximum(
+            old["scale"], tf.where(mask, tf.abs(violation), zeros)
+        )
+        total = tf.where(mask, violation, zeros)
+        first = old["scale"] <= 0.0
+        changed = tf.logical_and(
+            mask,
+            tf.logical_and(tf.logical_not(first), total != old["last"]),
+        )
+        is_open = tf.logical_or(old["open"] > 0.0, changed)
+        gate = tf.cast(tf.logical_or(is_open, first), tf.float32)
+        safe = tf.where(scale > 0.0, scale, tf.ones_like(scale))
+        normalised = violation / safe
+        started = old["started"] > 0
+        integral = tf.where(started, old["integral"], stack_values(multipliers))
+        integral = integral + gate * self.learning_rate * normalised / safe
+        lower = self._lower.get(names[0])
+        if lower is not None:
+            integral = tf.maximum(integral, lower)
+        new = {
+            "scale": scale,
+            "last": tf.where(mask, total, old["last"]),
+            "open": tf.cast(is_open, tf.float32),
+            "integral": tf.where(mask, integral, old["integral"]),
+            "started": tf.where(mask, tf.ones_like(integral), old["started"]),
+        }
+        for key, variables in state.items():
+            for variable, value in zip(variables, tf.unstack(new[key])):
+                variable.assign(value)
+        return integral + self.kp * normalised / safe
 
     def get_config(self) -> dict:
         return {
