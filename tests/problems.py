@@ -81,3 +81,33 @@ def identity_model(constraints, strategy=None):
             model.add_constraint(constraint)
         model.compile(loss="mse")
     return model
+
+
+class _ConstraintKind:
+    def __init__(self, is_equality):
+        self.is_equality = is_equality
+
+
+def built_dual_optimizer(optimizer, shapes, equality=None):
+    """Builds a dual optimizer on plain variables, outside any model.
+
+    `shapes`: `name -> multiplier shape`. With `equality` (a bool), the
+    optimizer first receives constraints of that kind (`set_constraints`).
+    Returns `(multipliers, state)`, both `name -> keras.Variable`.
+    """
+    if equality is not None:
+        optimizer.set_constraints(
+            {name: _ConstraintKind(equality) for name in shapes}
+        )
+    multipliers = {
+        name: keras.Variable(np.zeros(shape, "float32"))
+        for name, shape in shapes.items()
+    }
+    state = {}
+
+    def create_state(name, shape, initial_value):
+        state[name] = keras.Variable(np.full(shape, initial_value, "float32"))
+        return state[name]
+
+    optimizer.build(multipliers, create_state)
+    return multipliers, state

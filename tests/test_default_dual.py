@@ -12,28 +12,13 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from problems import built_dual_optimizer
 from problems import objective
 from problems import point_model
 from problems import run_steps
 
 import tfconstrain as tfc
 from tfconstrain.optimizers.scaled import ScaledAscent
-
-
-def _built(optimizer, shapes):
-    """Builds `optimizer` with plain variables; returns (multipliers, state)."""
-    multipliers = {
-        name: keras.Variable(np.zeros(shape, "float32"))
-        for name, shape in shapes.items()
-    }
-    state = {}
-
-    def create_state(name, shape, initial_value):
-        state[name] = keras.Variable(np.full(shape, initial_value, "float32"))
-        return state[name]
-
-    optimizer.build(multipliers, create_state)
-    return multipliers, state
 
 
 class _Spec:
@@ -48,7 +33,7 @@ def _built_with_bounds(optimizer, shapes, lower=0.0, bound=0.0):
     optimizer.set_constraints(
         {name: _Spec(lower is None, bound) for name in shapes}
     )
-    return _built(optimizer, shapes)
+    return built_dual_optimizer(optimizer, shapes)
 
 
 def test_first_step_is_eta_plus_kp_over_the_violation():
@@ -113,7 +98,7 @@ def test_equality_integral_is_not_projected():
 def test_scale_is_the_largest_violation_magnitude_over_entries():
     """Vector constraint: s = max_i |v_i| over entries with data only."""
     optimizer = ScaledAscent(1.0, kp=1.0)
-    multipliers, state = _built(optimizer, {"c": (3,)})
+    multipliers, state = built_dual_optimizer(optimizer, {"c": (3,)})
     violation = tf.constant([0.5, -2.0, 8.0])
     mask = tf.constant([True, True, False])
     # The model zeroes masked entries before a stateful optimizer sees them.
@@ -129,7 +114,7 @@ def test_scale_is_the_largest_violation_magnitude_over_entries():
 
 def test_zero_violation_gives_zero_step_and_no_nan():
     optimizer = ScaledAscent(0.1, kp=1.0)
-    multipliers, state = _built(optimizer, {"c": ()})
+    multipliers, state = built_dual_optimizer(optimizer, {"c": ()})
     proposed = optimizer.propose("c", multipliers["c"], tf.constant(0.0), None)
     assert float(proposed) == 0.0
     assert float(state["c_scale"]) == 0.0
@@ -137,7 +122,7 @@ def test_zero_violation_gives_zero_step_and_no_nan():
 
 def test_indices_read_and_write_only_those_entries():
     optimizer = ScaledAscent(1.0, kp=1.0)
-    multipliers, state = _built(optimizer, {"each": (5,)})
+    multipliers, state = built_dual_optimizer(optimizer, {"each": (5,)})
     multipliers["each"].assign([1.0, 1.0, 1.0, 1.0, 1.0])
     proposed = optimizer.propose(
         "each",

@@ -502,6 +502,19 @@ def test_default_dual_steps():
 # ---------------------------------------------------------------------------
 # The `lagrangian` log: f + Σ ψ(v) at dataset-level values.
 # ---------------------------------------------------------------------------
+def rate_problem(n, seed):
+    """`n` points in 2-D, labels from the first feature, a logistic model
+    without constraints yet."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, 2)).astype("float32")
+    y = (x[:, :1] > 0).astype("float32")
+    inputs = keras.Input((2,))
+    model = tfc.ConstrainedModel(
+        inputs, keras.layers.Dense(1, activation="sigmoid")(inputs)
+    )
+    return x, y, model
+
+
 @pytest.mark.parametrize("kind", ["<=", "=="])
 @pytest.mark.parametrize(
     "formulation", ["lagrangian", "augmented", "quadratic"]
@@ -509,13 +522,7 @@ def test_default_dual_steps():
 def test_lagrangian_log_is_the_loss_plus_psi_at_dataset_values(
     formulation, kind
 ):
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(40, 2)).astype("float32")
-    y = (x[:, :1] > 0).astype("float32")
-    inputs = keras.Input((2,))
-    model = tfc.ConstrainedModel(
-        inputs, keras.layers.Dense(1, activation="sigmoid")(inputs)
-    )
+    x, y, model = rate_problem(40, seed=0)
     model.add_constraint(
         mean_prediction, kind, 0.2, name="rate", multiplier_init=0.7
     )
@@ -542,13 +549,7 @@ def test_lagrangian_log_is_the_loss_plus_psi_at_dataset_values(
 
 
 def test_lagrangian_is_logged_per_epoch_for_training_and_validation():
-    rng = np.random.default_rng(1)
-    x = rng.normal(size=(32, 2)).astype("float32")
-    y = (x[:, :1] > 0).astype("float32")
-    inputs = keras.Input((2,))
-    model = tfc.ConstrainedModel(
-        inputs, keras.layers.Dense(1, activation="sigmoid")(inputs)
-    )
+    x, y, model = rate_problem(32, seed=1)
     model.add_constraint(mean_prediction, "<=", 0.2, name="rate")
     model.compile(optimizer="sgd", loss="mse", dual_optimizer=0.5)
     history = model.fit(

@@ -9,33 +9,12 @@ with `o_t = 1` on the first step and from the first step whose violation
 differs from the previous one, `0` before.
 """
 
-import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from problems import built_dual_optimizer
 
 from tfconstrain.optimizers.scaled import ScaledAscent
-
-
-class _Spec:
-    def __init__(self, is_equality):
-        self.is_equality = is_equality
-
-
-def _built(optimizer, shapes, equality=False):
-    optimizer.set_constraints({name: _Spec(equality) for name in shapes})
-    multipliers = {
-        name: keras.Variable(np.zeros(shape, "float32"))
-        for name, shape in shapes.items()
-    }
-    state = {}
-
-    def create_state(name, shape, initial_value):
-        state[name] = keras.Variable(np.full(shape, initial_value, "float32"))
-        return state[name]
-
-    optimizer.build(multipliers, create_state)
-    return multipliers, state
 
 
 def _run(optimizer, lam, violations, mask=None, lower=0.0):
@@ -59,7 +38,9 @@ def test_a_repeated_violation_is_not_integrated_until_it_changes():
     Step 7: v repeated, but the integral is open: I = 4, λ = 5.
     """
     optimizer = ScaledAscent(1.0, kp=1.0)
-    multipliers, state = _built(optimizer, {"c": ()})
+    multipliers, state = built_dual_optimizer(
+        optimizer, {"c": ()}, equality=False
+    )
     values = _run(optimizer, multipliers["c"], [0.5] * 5 + [0.25, 0.25])
     np.testing.assert_allclose(values, [4, 4, 4, 4, 4, 4, 5], rtol=1e-6)
     assert float(state["c_integral"]) == pytest.approx(4.0)
@@ -72,7 +53,9 @@ def test_latch_is_scale_free():
     runs = []
     for a in (1.0, 1e-3):
         optimizer = ScaledAscent(0.5, kp=2.0)
-        multipliers, _ = _built(optimizer, {"c": ()}, equality=True)
+        multipliers, _ = built_dual_optimizer(
+            optimizer, {"c": ()}, equality=True
+        )
         runs.append(
             _run(
                 optimizer,
@@ -92,7 +75,7 @@ def test_equality_dead_time_keeps_the_first_multiplier():
     Plain PI would integrate to I = -2 - 99·2 = -200 by step 100.
     """
     optimizer = ScaledAscent(1.0, kp=1.0)
-    multipliers, _ = _built(optimizer, {"c": ()}, equality=True)
+    multipliers, _ = built_dual_optimizer(optimizer, {"c": ()}, equality=True)
     values = _run(optimizer, multipliers["c"], [-0.5] * 100, lower=None)
     np.testing.assert_allclose(values, -4.0, rtol=1e-6)
 
@@ -100,7 +83,9 @@ def test_equality_dead_time_keeps_the_first_multiplier():
 def test_a_step_without_data_does_not_open_the_latch():
     """A fully masked step (the model zeroes its violation) is no change."""
     optimizer = ScaledAscent(1.0, kp=0.0)
-    multipliers, state = _built(optimizer, {"c": (2,)})
+    multipliers, state = built_dual_optimizer(
+        optimizer, {"c": (2,)}, equality=False
+    )
     lam = multipliers["c"]
     full = tf.constant([True, True])
     empty = tf.constant([False, False])
@@ -123,6 +108,6 @@ def test_a_varying_violation_is_plain_positional_pi():
     λ = I + u/2: 0.55, 0.325, 0.2125.
     """
     optimizer = ScaledAscent(0.1, kp=1.0)
-    multipliers, _ = _built(optimizer, {"c": ()})
+    multipliers, _ = built_dual_optimizer(optimizer, {"c": ()}, equality=False)
     values = _run(optimizer, multipliers["c"], [2.0, 1.0, 0.5])
     np.testing.assert_allclose(values, [0.55, 0.325, 0.2125], rtol=1e-6)
