@@ -223,12 +223,16 @@ def epoch_violations(constraints: list[Constraint], metrics: dict) -> list:
     """`(violation, mask)` per constraint from the epoch's accumulated
     statistics (numpy arrays; eager)."""
     return violations_from_totals(
-        constraints,
-        [
-            tuple(tf.convert_to_tensor(t) for t in metrics[c.name].totals)
-            for c in constraints
-        ],
+        constraints, epoch_totals(constraints, metrics)
     )
+
+
+def epoch_totals(constraints: list[Constraint], metrics: dict) -> list:
+    """Each constraint's accumulated statistics (tensors; eager)."""
+    return [
+        tuple(tf.convert_to_tensor(t) for t in metrics[c.name].totals)
+        for c in constraints
+    ]
 
 
 def violations_from_totals(constraints: list[Constraint], totals) -> list:
@@ -289,10 +293,7 @@ def with_lagrangian(state, logs):
     formulation = state.formulation
     if formulation is None:
         return logs
-    totals = [
-        tuple(tf.convert_to_tensor(t) for t in state.metrics[c.name].totals)
-        for c in constraints
-    ]
+    totals = epoch_totals(constraints, state.metrics)
     total = float(keras.ops.convert_to_numpy(logs["loss"]))
     for constraint, statistics, (violation, mask) in zip(
         constraints, totals, violations_from_totals(constraints, totals)
