@@ -3,9 +3,12 @@
 Expected numbers come from the update rule itself,
 
     s_t = max(s_{t-1}, max_i |v_{t,i}|),  u_t = v_t / s_t,
-    I_{t+1} = Π(I_t + η·u_t / s_t),  λ_{t+1} = Π(I_{t+1} + κ_p·u_t / s_t),
+    I_{t+1} = Π(I_t + o_t·(η/n)·u_t / s_t),
+    λ_{t+1} = Π(I_{t+1} + κ_p·u_t / s_t),
 
-and from closed-form KKT points.
+(`o_t = 0` until the violation first changes, `n` the number of steps that
+took; `n = 1` for a violation that changes on its second step), and from
+closed-form KKT points.
 """
 
 import keras
@@ -36,41 +39,42 @@ def _built_with_bounds(optimizer, shapes, lower=0.0, bound=0.0):
     return built_dual_optimizer(optimizer, shapes)
 
 
-def test_first_step_is_eta_plus_kp_over_the_violation():
-    """s_0 = |v_0|, u_0 = 1: I_1 = η/|v_0|, λ_1 = (η + κ_p)/|v_0|."""
+def test_first_step_is_kp_over_the_violation():
+    """s_0 = |v_0|, u_0 = 1, o_0 = 0: I_1 = λ_0 = 0, λ_1 = κ_p/|v_0|."""
     for kp in (0.0, 3.0):
         optimizer = ScaledAscent(0.2, kp=kp)
         multipliers, state = _built_with_bounds(optimizer, {"c": ()})
         proposed = optimizer.propose(
             "c", multipliers["c"], tf.constant(4.0), None
         )
-        assert float(proposed) == pytest.approx((0.2 + kp) / 4.0)
-        assert float(state["c_integral"]) == pytest.approx(0.2 / 4.0)
+        assert float(proposed) == pytest.approx(kp / 4.0)
+        assert float(state["c_integral"]) == 0.0
 
 
 def test_proportional_term_by_hand():
     """v = 2 then 1, η = 0.1: s = 2; u = 1, 0.5.
 
-    I_1 = 0.1·1/2 = 0.05, λ_1 = 0.05 + κ_p/2.
-    I_2 = 0.05 + 0.1·0.5/2 = 0.075, λ_2 = 0.075 + κ_p·0.5/2.
+    I_1 = 0 (o_0 = 0), λ_1 = κ_p/2.
+    I_2 = 0 + 0.1·0.5/2 = 0.025 (n = 1), λ_2 = 0.025 + κ_p·0.5/2.
     """
     for kp in (1.0, 0.0):
         optimizer = ScaledAscent(0.1, kp=kp)
         multipliers, _ = _built_with_bounds(optimizer, {"c": ()})
         lam = multipliers["c"]
         lam.assign(optimizer.propose("c", lam, tf.constant(2.0), None))
-        assert float(lam) == pytest.approx(0.05 + kp / 2)
+        assert float(lam) == pytest.approx(kp / 2)
         lam.assign(optimizer.propose("c", lam, tf.constant(1.0), None))
-        assert float(lam) == pytest.approx(0.075 + kp * 0.25)
+        assert float(lam) == pytest.approx(0.025 + kp * 0.25)
 
 
 def test_noise_around_the_bound_does_not_ratchet_the_multiplier():
     """v = +1, -1, +1, -1, ... (s = 1), η = 0.1, κ_p = 1, λ projected.
 
-    I: 0.1, [0]₊ = 0, 0.1, 0, ...; λ = [I ± 1]₊: 1.1, 0, 1.1, 0, ...
-    The incremental form λ ← [λ + (η·u + κ_p·Δu)/s]₊ would give 0.1, 0,
-    2.1, 0, 2.1, ...: it keeps every upward kick of 2 and cuts the
-    downward ones. Here every other value is exactly 1.1, for ever.
+    I: 0 (first step), [−0.1]₊ = 0, 0.1, 0, 0.1, ...; λ = [I ± 1]₊: 1, 0,
+    1.1, 0, 1.1, ... The incremental form λ ← [λ + (η·u + κ_p·Δu)/s]₊
+    would give 1, 0, 2.1, 0, 2.1, ...: it keeps every upward kick of 2 and
+    cuts the downward ones. Here every other value is exactly 1.1, for
+    ever.
     """
     optimizer = ScaledAscent(0.1, kp=1.0)
     multipliers, _ = _built_with_bounds(optimizer, {"c": ()})
@@ -81,7 +85,8 @@ def test_noise_around_the_bound_does_not_ratchet_the_multiplier():
         proposed = optimizer.propose("c", lam, tf.constant(v), None)
         lam.assign(tf.maximum(proposed, 0.0))  # the model's projection
         values.append(float(lam))
-    np.testing.assert_allclose(values[0::2], 1.1, rtol=1e-6)
+    assert values[0] == pytest.approx(1.0)
+    np.testing.assert_allclose(values[2::2], 1.1, rtol=1e-6)
     np.testing.assert_allclose(values[1::2], 0.0, atol=1e-7)
 
 
@@ -89,10 +94,14 @@ def test_equality_integral_is_not_projected():
     """Equality (lower bound None): I goes negative, λ = I + κ_p·u/s."""
     optimizer = ScaledAscent(0.5, kp=1.0)
     multipliers, state = _built_with_bounds(optimizer, {"c": ()}, None)
-    proposed = optimizer.propose("c", multipliers["c"], tf.constant(-2.0), None)
-    # s = 2, u = -1: I = -0.5/2 = -0.25, λ = -0.25 - 1/2 = -0.75.
-    assert float(state["c_integral"]) == pytest.approx(-0.25)
-    assert float(proposed) == pytest.approx(-0.75)
+    lam = multipliers["c"]
+    # Step 1: s = 2, u = -1, o = 0: I = 0, λ = -1/2.
+    lam.assign(optimizer.propose("c", lam, tf.constant(-2.0), None))
+    assert float(lam) == pytest.approx(-0.5)
+    # Step 2: u = -0.5, n = 1: I = 0.5·(-0.5)/2 = -0.125, λ = -0.375.
+    proposed = optimizer.propose("c", lam, tf.constant(-1.0), None)
+    assert float(state["c_integral"]) == pytest.approx(-0.125)
+    assert float(proposed) == pytest.approx(-0.375)
 
 
 def test_scale_is_the_largest_violation_magnitude_over_entries():
@@ -105,8 +114,8 @@ def test_scale_is_the_largest_violation_magnitude_over_entries():
     masked = tf.where(mask, violation, 0.0)
     proposed = optimizer.propose("c", multipliers["c"], masked, mask)
     assert float(state["c_scale"]) == pytest.approx(2.0)
-    # First step: λ = (η + κ_p)·u/s = 2·v / s² on entries with data.
-    np.testing.assert_allclose(proposed.numpy()[:2], [1.0 / 4, -4.0 / 4])
+    # First step: λ = κ_p·u/s = v / s² on entries with data.
+    np.testing.assert_allclose(proposed.numpy()[:2], [0.5 / 4, -2.0 / 4])
     # The masked entry's state is untouched.
     assert float(state["c_started"][2]) == 0.0
     assert float(state["c_integral"][2]) == 0.0
@@ -131,8 +140,8 @@ def test_indices_read_and_write_only_those_entries():
         tf.constant([True, True]),
         indices=tf.constant([3, 0]),
     )
-    # s = 2, u = (1, -0.5): I = 1 + u/2 = (1.5, 0.75); λ = I + u/2.
-    np.testing.assert_allclose(proposed.numpy(), [2.0, 0.5])
+    # s = 2, u = (1, -0.5), first step (o = 0): I = λ_0 = 1; λ = I + u/2.
+    np.testing.assert_allclose(proposed.numpy(), [1.5, 0.75])
     np.testing.assert_array_equal(
         state["each_started"].numpy(), [1, 0, 0, 1, 0]
     )

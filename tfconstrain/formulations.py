@@ -139,9 +139,9 @@ class Formulation:
 
     def default_dual_optimizer(self) -> DualOptimizer | None:
         """The dual optimizer used when `compile` gets none: scale-free PI
-        control, `tfc.optimizers.ScaledAscent(1.0, kp=1.0)` (chosen by the
+        control, `tfc.optimizers.ScaledAscent(1.0, kp=3.0)` (chosen by the
         catalogue study, docs/how-to/choosing_dual_method.md)."""
-        return ScaledAscent(1.0, kp=1.0)
+        return ScaledAscent(1.0, kp=3.0)
 
     @property
     def initial_penalty(self) -> float | None:

@@ -219,7 +219,7 @@ class ConstrainedModel(_keras_compat.KerasCompatMixin, keras.Model):
             dual_optimizer: A float (learning rate of projected gradient
                 ascent), a `keras.optimizers.Optimizer` (used for ascent) or
                 a `tfc.optimizers` dual optimizer such as `NuPI`. Defaults to
-                `tfc.optimizers.ScaledAscent(1.0, kp=1.0)`, PI control in
+                `tfc.optimizers.ScaledAscent(1.0, kp=3.0)`, PI control in
                 units of each constraint's own scale, which needs no step
                 size tuning across the catalogue of
                 `benchmarks/catalogue.py` (for the augmented Lagrangian: the

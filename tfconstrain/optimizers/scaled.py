@@ -22,63 +22,70 @@ class ScaledAscent(DualOptimizer):
 
         s_t     = max(s_{t-1}, max_i |v_{t,i}|)
         u_t     = v_t / s_t                                  (|u_t| <= 1)
-        I_{t+1} = Π(I_t + o_t · η · u_t / s_t)               (integral)
+        I_{t+1} = Π(I_t + o_t · (η / n) · u_t / s_t)         (integral)
         λ_{t+1} = Π(I_{t+1} + κ_p · u_t / s_t)               (+ proportional)
 
     `Π` is the projection of the constraint's multiplier (`[·]₊` for
     inequalities, none for equalities; the model applies it to `λ`, the
     optimizer to `I`, which is its anti-windup). In terms of
     the rescaled constraint `c / s` and its multiplier `λ̃ = s·λ`, this is
-    PI control of `λ̃` with integral gain `η` and proportional gain `κ_p`:
-    the proportional term makes `λ` react at once to the violation and
-    damps the oscillation of plain ascent (e.g. on the paper's Example 1).
-    Rescaling a constraint by `a` (stating it in other units) rescales `s`
-    and `v` by `a` and the optimal multiplier by `1/a`; the update rescales
-    `λ` by exactly `1/a` too, so the iterates are the same in every unit: a
-    constraint of scale 300 and one of scale 0.005 take the same `η`, where
-    plain ascent needs step sizes about 10⁹ apart.
+    PI control of `λ̃` with integral gain `η / n` and proportional gain
+    `κ_p`: the proportional term makes `λ` react at once to the violation
+    and damps the oscillation of plain ascent (e.g. on the paper's
+    Example 1). Rescaling a constraint by `a` (stating it in other units)
+    rescales `s` and `v` by `a` and the optimal multiplier by `1/a`; the
+    update rescales `λ` by exactly `1/a` too, so the iterates are the same
+    in every unit: a constraint of scale 300 and one of scale 0.005 take
+    the same `η`, where plain ascent needs step sizes about 10⁹ apart.
 
-    `o_t` is 1 from the first step on which the violation differs from the
-    one of the step before (per constraint, the sum over its entries with
-    data), and 0 before, except on the very first step: the integral waits
-    until the primal side has moved the constraint at all. A constraint
-    whose value is piecewise constant (the inference density of L0 gates,
-    a hard count) can keep exactly the same violation for hundreds of steps
-    while the weights move towards the threshold; integrating that constant
-    violation would wind the multiplier up to hundreds of times the value
-    that moves the weights, and every gate would then cross at once. Until
-    the violation first changes, the multiplier keeps the value of its
-    first step. Constraints whose value moves on every step (anything
-    differentiable, any mini-batch estimate) are not affected after their
-    second step.
+    **Dead time.** `o_t` is 0 until the constraint first responds, that is
+    until the first step whose violation (per constraint, the sum over its
+    entries with data) differs from the one of the step before, and 1 from
+    that step on; `n` is the number of steps (with data) the constraint
+    took to respond. Until then, `λ` is the proportional term alone.
+    Anything differentiable and any mini-batch estimate responds on its
+    second step (`n = 1`: plain PI from the second step on). A constraint
+    whose value is piecewise constant in the weights (the inference density
+    of L0 gates, a hard count) can keep exactly the same violation for
+    hundreds of steps while the weights travel towards a threshold, and
+    then changes fast: integrating the constant violation during that time
+    would wind `λ` up far beyond the value that moves the weights, and
+    every gate would then cross at once. The slower a constraint responds,
+    the slower its integral may act without oscillating (the integral time
+    of a PI loop grows with its dead time), hence the gain `η / n`.
 
     The integral is kept apart from the proportional term (positional PI),
     so noise in `u` around a multiplier near 0 does not ratchet `λ` upwards
     (in the incremental form `λ ← Π(λ + κ_p·Δu/s)`, the projection keeps
-    the upward kicks and cuts the downward ones). With `κ_p = 0` the rule
-    is projected gradient ascent on `λ̃`.
+    the upward kicks and cuts the downward ones). With `κ_p = 0` the
+    multiplier stays at its initial value until the constraint responds,
+    then the rule is projected gradient ascent on `λ̃`.
 
     Until the first non-zero violation, `s = 0` and the step is 0 (nothing
-    to correct). The first step is `(η + κ_p)·sign(v_0)/|v_0|`: large when
-    the first violation is tiny (a model that starts just outside its
-    bound); the next violations, if larger, raise `s` and shrink the steps.
-    (Taking the bound's magnitude as the initial scale avoids that, but
-    made 2 of the 11 catalogue problems infeasible: constraints whose bound
-    is far from their violations, such as a mean price `<= 290`.) The
-    integral starts at the multiplier's value when an entry is first seen.
-    State (saved with the model): `s`, the last violation sum and `o` per
-    constraint; `I` and a started flag per entry; masked entries keep
-    their state.
+    to correct). The first step is `κ_p·sign(v_0)/|v_0|`: large when the
+    first violation is tiny (a model that starts just outside its bound);
+    the next violations, if larger, raise `s` and shrink the steps. (Taking
+    the bound's magnitude as the initial scale avoids that, but made 2 of
+    the 11 catalogue problems infeasible: constraints whose bound is far
+    from their violations, such as a mean price `<= 290`.) The integral
+    starts at the multiplier's value when an entry is first seen. State
+    (saved with the model): `s`, the last violation sum, `o` and `n` per
+    constraint; `I` and a started flag per entry; masked entries keep their
+    state.
+
+    The defaults (`η = 1`, `κ_p = 3`) are `compile()`'s: chosen on the
+    11-problem catalogue of `benchmarks/catalogue.py` (see the guide
+    "Choosing a dual method and step size").
 
     Args:
         learning_rate: Float > 0. `η`, the integral gain in units of the
             normalised multiplier `λ̃`. Defaults to `1.0`.
-        kp: Float >= 0. `κ_p`, the proportional gain. Defaults to `1.0`.
+        kp: Float >= 0. `κ_p`, the proportional gain. Defaults to `3.0`.
     """
 
     supports_indices = True
 
-    def __init__(self, learning_rate: float = 1.0, kp: float = 1.0):
+    def __init__(self, learning_rate: float = 1.0, kp: float = 3.0):
         self.learning_rate = check_learning_rate(learning_rate, "ScaledAscent")
         kp = float(kp)
         if not kp >= 0 or kp == float("inf"):
@@ -89,6 +96,7 @@ class ScaledAscent(DualOptimizer):
         self._scale = {}
         self._last = {}
         self._open = {}
+        self._delay = {}
         self._integral = {}
         self._started = {}
         self._lower = {}
@@ -99,6 +107,7 @@ class ScaledAscent(DualOptimizer):
             self._scale[name] = create_state(f"{name}_scale", (), 0.0)
             self._last[name] = create_state(f"{name}_last", (), 0.0)
             self._open[name] = create_state(f"{name}_open", (), 0.0)
+            self._delay[name] = create_state(f"{name}_delay", (), 0.0)
             self._integral[name] = create_state(f"{name}_integral", shape, 0.0)
             self._started[name] = create_state(f"{name}_started", shape, 0.0)
 
@@ -109,8 +118,9 @@ class ScaledAscent(DualOptimizer):
         }
 
     def _integral_gate(self, name, violation, mask, old_scale):
-        """`o_t` (float 0/1): 1 on the first step and once the violation
-        has changed; updates the last violation sum and the latch."""
+        """`o_t / n` (float): 0 until the violation first changes, then one
+        over the number of steps that took; updates the last violation
+        sum, `o` and `n`."""
         if mask is None:
             has_data = tf.constant(True)
             total = tf.reduce_sum(violation)
@@ -127,9 +137,13 @@ class ScaledAscent(DualOptimizer):
         is_open = tf.logical_or(
             tf.convert_to_tensor(self._open[name]) > 0.0, changed
         )
+        waiting = tf.logical_and(has_data, tf.logical_not(is_open))
+        delay = tf.convert_to_tensor(self._delay[name])
+        delay = tf.where(waiting, delay + 1.0, delay)
         self._open[name].assign(tf.cast(is_open, tf.float32))
         self._last[name].assign(tf.where(has_data, total, last))
-        return tf.cast(tf.logical_or(is_open, first), tf.float32)
+        self._delay[name].assign(delay)
+        return _integral_share(is_open, delay)
 
     def propose(
         self, name, multiplier, violation, mask, penalty=None, indices=None
@@ -171,7 +185,7 @@ class ScaledAscent(DualOptimizer):
         the entry), one read and one write per state variable."""
         state = {
             key: [getattr(self, f"_{key}")[name] for name in names]
-            for key in ("scale", "last", "open", "integral", "started")
+            for key in ("scale", "last", "open", "delay", "integral", "started")
         }
         old = {key: stack_values(values) for key, values in state.items()}
         zeros = tf.zeros_like(violation)
@@ -185,7 +199,9 @@ class ScaledAscent(DualOptimizer):
             tf.logical_and(tf.logical_not(first), total != old["last"]),
         )
         is_open = tf.logical_or(old["open"] > 0.0, changed)
-        gate = tf.cast(tf.logical_or(is_open, first), tf.float32)
+        waiting = tf.logical_and(mask, tf.logical_not(is_open))
+        delay = tf.where(waiting, old["delay"] + 1.0, old["delay"])
+        gate = _integral_share(is_open, delay)
         safe = tf.where(scale > 0.0, scale, tf.ones_like(scale))
         normalised = violation / safe
         started = old["started"] > 0
@@ -198,6 +214,7 @@ class ScaledAscent(DualOptimizer):
             "scale": scale,
             "last": tf.where(mask, total, old["last"]),
             "open": tf.cast(is_open, tf.float32),
+            "delay": delay,
             "integral": tf.where(mask, integral, old["integral"]),
             "started": tf.where(mask, tf.ones_like(integral), old["started"]),
         }
@@ -211,3 +228,8 @@ class ScaledAscent(DualOptimizer):
             "learning_rate": self.learning_rate,
             "kp": self.kp,
         }
+
+
+def _integral_share(is_open, delay):
+    """`o / n`: 0 before the constraint responded, `1 / n` after."""
+    return tf.where(is_open, 1.0 / tf.maximum(delay, 1.0), tf.zeros_like(delay))
