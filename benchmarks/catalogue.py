@@ -74,6 +74,27 @@ PROPOSED = {"learning_rate": 1.0, "kp": SCALED_KP}
 # The proposed default's own sweep: four decades centred on its step.
 PROPOSED_STEPS = (1e-2, 1e-1, 1.0, 1e1, 1e2)
 
+
+class HingePenalty(tfc.Penalty):
+    """The exact-penalty baseline `f + Σ c · [v]₊` (`c · |v|` for equalities).
+
+    `tfc.Penalty` is linear (`c · v`): on a constraint with two entries of
+    opposite sign, such as a demographic-parity gap (`s_0 − s_1 ≤ δ` and
+    `s_1 − s_0 ≤ δ`), its two terms add up to a constant. The hinge is what a
+    practitioner writes for `loss + c · g(x)` on such a constraint.
+    """
+
+    def primal_weight(self, violation, multiplier, penalty, is_equality):
+        if is_equality:
+            return multiplier * tf.sign(violation)
+        return multiplier * tf.cast(violation > 0, violation.dtype)
+
+    def objective_term(self, violation, multiplier, penalty, is_equality):
+        if is_equality:
+            return multiplier * tf.abs(violation)
+        return multiplier * tf.maximum(violation, 0.0)
+
+
 # Each method maps a step size / coefficient to `compile` keyword arguments.
 METHODS = {
     "ascent": lambda eta: {
@@ -88,10 +109,13 @@ METHODS = {
         "dual_optimizer": ScaledAscent(eta, kp=SCALED_KP)
     },
     "penalty": lambda c: {"formulation": tfc.Penalty(c)},
+    "hinge": lambda c: {"formulation": HingePenalty(c)},
     "proposed": lambda _: {"dual_optimizer": ScaledAscent(**PROPOSED)},
     "default": lambda _: {},
 }
-SWEPT = [name for name in METHODS if name not in ("default", "proposed")]
+SWEPT = [
+    name for name in METHODS if name not in ("default", "proposed", "hinge")
+]
 QUICK_PROBLEMS = (
     "kkt_active",
     "paper_example1",
@@ -419,8 +443,11 @@ def _write(out: Path, records, steps, quick) -> None:
 
 
 # -------------------------------------------------------------------- cost
-def penalty_search(problem, epochs: int, low=1e-3, high=1e2, max_runs=12):
-    """Log-scale bisection over `tfc.Penalty(c)`.
+def penalty_search(
+    problem, epochs: int, low=1e-3, high=1e2, max_runs=12, form="penalty"
+):
+    """Log-scale bisection over `tfc.Penalty(c)` (`form="penalty"`) or
+    `HingePenalty(c)` (`form="hinge"`).
 
     A run *holds* when the constraint is satisfied within the slack
     (train, and validation where there is one) and is active within it
@@ -431,7 +458,7 @@ def penalty_search(problem, epochs: int, low=1e-3, high=1e2, max_runs=12):
     runs = []
 
     def trial(c):
-        r = run_cell(problem, "penalty", c, epochs)
+        r = run_cell(problem, form, c, epochs)
         ((name, v),) = list(r["signed_violation"].items())[:1]
         r["signed"] = v
         runs.append(r)
@@ -464,54 +491,60 @@ def penalty_search(problem, epochs: int, low=1e-3, high=1e2, max_runs=12):
     return runs
 
 
+def _cost_row(problem, default: dict, form: str) -> dict:
+    """One penalty search (`form`) against the default run `default`."""
+    runs = penalty_search(problem, problem.epochs, form=form)
+    held = [
+        r
+        for r in runs
+        if abs(r["signed"]) <= problem.train_slack and r["feasible"]
+    ]
+    keys = (
+        "feasible",
+        "objective",
+        "seconds",
+        "epochs",
+        "first_feasible_epoch",
+        "train_violation",
+        "signed_violation",
+    )
+    row = {
+        "problem": problem.name,
+        "penalty": "c*v" if form == "penalty" else "c*[v]+",
+        "default": {k: default[k] for k in keys},
+        "search_runs": len(runs),
+        "search_epochs": sum(r["epochs"] for r in runs),
+        "search_seconds": round(sum(r["seconds"] for r in runs), 1),
+        "search_found": bool(held),
+        "search_objective": held[-1]["objective"] if held else None,
+        "coefficients": [r["value"] for r in runs],
+        "search_violations": [r["signed"] for r in runs],
+    }
+    row["epoch_ratio"] = row["search_epochs"] / default["epochs"]
+    row["time_ratio"] = row["search_seconds"] / max(default["seconds"], 1e-9)
+    return row
+
+
 def cost(problem_names, out: Path):
+    """Penalty searches (linear and hinge) against one default run each."""
     rows = []
     for name in problem_names:
         problem = catalogue_problems.BY_NAME[name]
-        default = run_cell(problem, "proposed", None, problem.epochs)
-        runs = penalty_search(problem, problem.epochs)
-        held = [
-            r
-            for r in runs
-            if abs(r["signed"]) <= problem.train_slack and r["feasible"]
-        ]
-        row = {
-            "problem": name,
-            "default": {
-                k: default[k]
-                for k in (
-                    "feasible",
-                    "objective",
-                    "seconds",
-                    "epochs",
-                    "first_feasible_epoch",
-                    "train_violation",
-                    "signed_violation",
-                )
-            },
-            "search_runs": len(runs),
-            "search_epochs": sum(r["epochs"] for r in runs),
-            "search_seconds": round(sum(r["seconds"] for r in runs), 1),
-            "search_found": bool(held),
-            "search_objective": held[-1]["objective"] if held else None,
-            "coefficients": [r["value"] for r in runs],
-            "search_violations": [r["signed"] for r in runs],
-        }
-        row["epoch_ratio"] = row["search_epochs"] / default["epochs"]
-        row["time_ratio"] = row["search_seconds"] / max(
-            default["seconds"], 1e-9
-        )
-        rows.append(row)
-        print(json.dumps(row), flush=True)
+        default = run_cell(problem, "default", None, problem.epochs)
+        for form in ("penalty", "hinge"):
+            rows.append(_cost_row(problem, default, form))
+            print(json.dumps(rows[-1]), flush=True)
     out.write_text(json.dumps(rows, indent=1))
     print("\nPenalty search (log bisection over c) vs one default run:")
     print(
-        f"{'problem':16s} {'runs':>5s} {'epochs':>7s} {'seconds':>8s} "
-        f"{'found':>6s} {'epoch x':>8s} {'time x':>7s} default feasible"
+        f"{'problem':16s} {'penalty':>8s} {'runs':>5s} {'epochs':>7s} "
+        f"{'seconds':>8s} {'found':>6s} {'epoch x':>8s} {'time x':>7s} "
+        "default feasible"
     )
     for row in rows:
         print(
-            f"{row['problem']:16s} {row['search_runs']:5d} "
+            f"{row['problem']:16s} {row['penalty']:>8s} "
+            f"{row['search_runs']:5d} "
             f"{row['search_epochs']:7d} {row['search_seconds']:8.1f} "
             f"{row['search_found']!s:>6s} {row['epoch_ratio']:8.1f} "
             f"{row['time_ratio']:7.1f} {row['default']['feasible']}"
