@@ -10,6 +10,8 @@
                                          (ci/constraints-floor.txt)
     python3 dev.py docs [MKDOCS ARGS]    strict build of the documentation site
     python3 dev.py examples [--quick]    run every examples/*.py, print timings
+    python3 dev.py catalogue [ARGS]      benchmarks/catalogue.py (the dual
+                                         methods' catalogue; --quick: CI)
 
 Each command creates (or reuses) the virtual environment `.venv` next to this
 file and installs tfconstrain into it with the extras `test,demo,plot,docs`
@@ -231,12 +233,19 @@ def examples(arguments: list[str]) -> int:
     return 1 if failed else 0
 
 
+def catalogue(arguments: list[str]) -> int:
+    python = ensure_environment(LATEST)
+    script = ROOT / "benchmarks" / "catalogue.py"
+    return _run(python, [str(script), *arguments])
+
+
 COMMANDS = {
     "demo": demo,
     "test": test,
     "smoke": smoke,
     "docs": docs,
     "examples": examples,
+    "catalogue": catalogue,
 }
 
 

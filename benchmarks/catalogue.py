@@ -24,6 +24,9 @@ the defaults.
 Usage:
 
     python benchmarks/catalogue.py --quick        # CI: < 3 minutes
+
+Exits with status 1 when `compile()`'s defaults end infeasible on a problem
+of the run (CI runs `--quick`: the defaults must stay feasible there).
     nice -n 10 python benchmarks/catalogue.py     # the full study (long)
     python benchmarks/catalogue.py --cost         # penalty search vs default
     python benchmarks/catalogue.py --problems adult_dp --methods ascent
@@ -629,5 +632,17 @@ def main(argv=None):
     return records
 
 
+def infeasible_defaults(records: list) -> list[str]:
+    """Problems on which `compile()`'s defaults ended infeasible."""
+    return [
+        r["problem"]
+        for r in records
+        if r.get("method") == "default" and not r["feasible"]
+    ]
+
+
 if __name__ == "__main__":
-    main()
+    failed = infeasible_defaults(main())
+    if failed:
+        print(f"compile() defaults infeasible on: {', '.join(failed)}")
+        sys.exit(1)
