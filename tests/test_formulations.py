@@ -496,7 +496,7 @@ def test_default_dual_steps():
     assert tfc.Penalty(1.0).default_dual_optimizer() is None
     default = tfc.Lagrangian().default_dual_optimizer()
     assert isinstance(default, tfc.optimizers.ScaledAscent)
-    assert default.get_config() == {"learning_rate": 1.0, "kp": 1.0}
+    assert default.get_config() == {"learning_rate": 1.0, "kp": 3.0}
 
 
 # ---------------------------------------------------------------------------
