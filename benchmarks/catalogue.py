@@ -107,7 +107,7 @@ METHODS = {
         "dual_optimizer": tfc.optimizers.NuPI(eta, kp=NUPI_KP)
     },
     "alm": lambda c: {"formulation": tfc.AugmentedLagrangian(penalty=c)},
-    "scaled": lambda eta: {"dual_optimizer": ScaledAscent(eta)},
+    "scaled": lambda eta: {"dual_optimizer": ScaledAscent(eta, kp=0.0)},
     "scaled_pi": lambda eta: {
         "dual_optimizer": ScaledAscent(eta, kp=SCALED_KP)
     },

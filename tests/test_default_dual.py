@@ -40,31 +40,55 @@ def _built_with_bounds(optimizer, shapes, lower=0.0, bound=0.0):
 
 
 def test_first_step_is_kp_over_the_violation():
-    """s_0 = |v_0|, u_0 = 1, o_0 = 0: I_1 = λ_0 = 0, λ_1 = κ_p/|v_0|."""
-    for kp in (0.0, 3.0):
+    """s_0 = |v_0|, u_0 = 1, o_0 = 0: I_1 = λ_0 = 0, λ_1 = κ_p/|v_0|.
+
+    With κ_p = 0 the first step is integrated instead (o_0 = 1, n = 1):
+    I_1 = λ_1 = η/|v_0|.
+    """
+    for kp, integral in ((3.0, 0.0), (0.0, 0.2 / 4.0)):
         optimizer = ScaledAscent(0.2, kp=kp)
         multipliers, state = _built_with_bounds(optimizer, {"c": ()})
         proposed = optimizer.propose(
             "c", multipliers["c"], tf.constant(4.0), None
         )
-        assert float(proposed) == pytest.approx(kp / 4.0)
-        assert float(state["c_integral"]) == 0.0
+        assert float(proposed) == pytest.approx(integral + kp / 4.0)
+        assert float(state["c_integral"]) == pytest.approx(integral)
+
+
+def test_without_proportional_term_a_model_at_its_unconstrained_minimum_moves():
+    """κ_p = 0 and a start at the unconstrained minimum x = 3 of (x − 3)²
+    with x <= 1: were the first step not integrated, λ would stay 0, x at 3
+    and the violation at 2 for ever. It reaches x* = 1, λ* = 4."""
+    model, point = point_model([3.0])
+    x = point.x
+    model.add_constraint(lambda b: x[0], "<=", 1.0, name="c")
+    model.compile(
+        optimizer=keras.optimizers.SGD(0.05),
+        loss=objective(lambda: (x[0] - 3.0) ** 2),
+        dual_optimizer=ScaledAscent(1.0, kp=0.0),
+        steps_per_execution=100,
+    )
+    run_steps(model, 3000)
+    assert float(x.numpy()[0]) == pytest.approx(1.0, abs=1e-2)
+    assert float(model.multipliers["c"].numpy()) == pytest.approx(4.0, rel=2e-2)
 
 
 def test_proportional_term_by_hand():
     """v = 2 then 1, η = 0.1: s = 2; u = 1, 0.5.
 
-    I_1 = 0 (o_0 = 0), λ_1 = κ_p/2.
-    I_2 = 0 + 0.1·0.5/2 = 0.025 (n = 1), λ_2 = 0.025 + κ_p·0.5/2.
+    κ_p = 1: I_1 = 0 (o_0 = 0), λ_1 = 1/2;
+             I_2 = 0 + 0.1·0.5/2 = 0.025 (n = 1), λ_2 = 0.025 + 0.5/2.
+    κ_p = 0: the first step is integrated: I_1 = λ_1 = 0.1·1/2 = 0.05;
+             I_2 = λ_2 = 0.05 + 0.025 = 0.075.
     """
-    for kp in (1.0, 0.0):
+    for kp, first, second in ((1.0, 0.5, 0.275), (0.0, 0.05, 0.075)):
         optimizer = ScaledAscent(0.1, kp=kp)
         multipliers, _ = _built_with_bounds(optimizer, {"c": ()})
         lam = multipliers["c"]
         lam.assign(optimizer.propose("c", lam, tf.constant(2.0), None))
-        assert float(lam) == pytest.approx(kp / 2)
+        assert float(lam) == pytest.approx(first)
         lam.assign(optimizer.propose("c", lam, tf.constant(1.0), None))
-        assert float(lam) == pytest.approx(0.025 + kp * 0.25)
+        assert float(lam) == pytest.approx(second)
 
 
 def test_noise_around_the_bound_does_not_ratchet_the_multiplier():

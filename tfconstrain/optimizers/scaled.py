@@ -58,8 +58,11 @@ class ScaledAscent(DualOptimizer):
     so noise in `u` around a multiplier near 0 does not ratchet `λ` upwards
     (in the incremental form `λ ← Π(λ + κ_p·Δu/s)`, the projection keeps
     the upward kicks and cuts the downward ones). With `κ_p = 0` the
-    multiplier stays at its initial value until the constraint responds,
-    then the rule is projected gradient ascent on `λ̃`.
+    rule is projected gradient ascent on `λ̃`, and its first step is
+    integrated (`o_0 = 1`, `n = 1`): with neither term, a constraint that
+    only moves when its multiplier does (a model that starts at the
+    unconstrained minimum) would never respond; the integral then keeps
+    that first value until the constraint responds.
 
     Until the first non-zero violation, `s = 0` and the step is 0 (nothing
     to correct). The first step is `κ_p·sign(v_0)/|v_0|`: large when the
@@ -143,7 +146,7 @@ class ScaledAscent(DualOptimizer):
         self._open[name].assign(tf.cast(is_open, tf.float32))
         self._last[name].assign(tf.where(has_data, total, last))
         self._delay[name].assign(delay)
-        return _integral_share(is_open, delay)
+        return _integral_share(is_open, delay, first, self.kp)
 
     def propose(
         self, name, multiplier, violation, mask, penalty=None, indices=None
@@ -201,7 +204,7 @@ class ScaledAscent(DualOptimizer):
         is_open = tf.logical_or(old["open"] > 0.0, changed)
         waiting = tf.logical_and(mask, tf.logical_not(is_open))
         delay = tf.where(waiting, old["delay"] + 1.0, old["delay"])
-        gate = _integral_share(is_open, delay)
+        gate = _integral_share(is_open, delay, first, self.kp)
         safe = tf.where(scale > 0.0, scale, tf.ones_like(scale))
         normalised = violation / safe
         started = old["started"] > 0
@@ -230,6 +233,8 @@ class ScaledAscent(DualOptimizer):
         }
 
 
-def _integral_share(is_open, delay):
-    """`o / n`: 0 before the constraint responded, `1 / n` after."""
-    return tf.where(is_open, 1.0 / tf.maximum(delay, 1.0), tf.zeros_like(delay))
+def _integral_share(is_open, delay, first, kp):
+    """`o / n`: 0 before the constraint responded, `1 / n` after; 1 on the
+    very first step when `κ_p = 0` (nothing else could move `λ`)."""
+    before = tf.cast(first, delay.dtype) if kp == 0 else tf.zeros_like(delay)
+    return tf.where(is_open, 1.0 / tf.maximum(delay, 1.0), before)
