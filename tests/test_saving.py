@@ -1,6 +1,9 @@
 """Multipliers and dual state survive `.keras` saving, `save_weights`,
 `BackupAndRestore` and `tf.train.Checkpoint`."""
 
+from pathlib import Path
+
+import h5py
 import keras
 import numpy as np
 import pytest
@@ -157,3 +160,65 @@ def test_unrestorable_callable_error_names_the_constraint(tmp_path):
     model.save(path)
     with pytest.raises(ValueError, match="'anonymous'.*register"):
         keras.models.load_model(path)
+
+
+# ---------------------------------------------------------------------------
+# Files saved by tfconstrain 0.1 (commit 33899da): `compile()`'s default was
+# plain ascent, without dual state, so they hold the multiplier only. Made
+# with: Dense(1, sigmoid) on 3 features, `PositivePredictionRate() <= 0.3`,
+# `compile(optimizer="adam", loss="binary_crossentropy")`, one epoch of fit,
+# then `model.save(...keras)` and `model.save_weights(...weights.h5)`.
+# ---------------------------------------------------------------------------
+DATA = Path(__file__).parent / "data"
+
+
+def _saved_values(path):
+    """(multiplier, kernel) as stored in a `.weights.h5` file."""
+    with h5py.File(path, "r") as store:
+        return store["vars/0"][()], store["layers/dense/vars/0"][()]
+
+
+def _rate_model():
+    inputs = keras.Input((3,))
+    model = tfc.ConstrainedModel(
+        inputs, keras.layers.Dense(1, activation="sigmoid")(inputs)
+    )
+    model.add_constraint(tfc.constraints.PositivePredictionRate() <= 0.3)
+    model.compile(optimizer="adam", loss="binary_crossentropy")
+    model.fit(FEATURES, LABELS, epochs=1, verbose=0)
+    return model
+
+
+def test_weights_saved_by_0_1_load_with_a_fresh_dual_state():
+    multiplier, kernel = _saved_values(DATA / "tfconstrain_0_1_rate.weights.h5")
+    model = _rate_model()
+    with pytest.warns(UserWarning, match="tfconstrain 0.1"):
+        model.load_weights(DATA / "tfconstrain_0_1_rate.weights.h5")
+    name = "positive_prediction_rate"
+    np.testing.assert_array_equal(model.multipliers[name].numpy(), multiplier)
+    np.testing.assert_array_equal(model.layers[-1].kernel.numpy(), kernel)
+    dual = model.dual_optimizer
+    assert float(dual._scale[name].numpy()) == 0.0
+    assert float(dual._started[name].numpy()) == 0.0
+    # Training goes on from the loaded multiplier.
+    model.fit(FEATURES, LABELS, epochs=1, verbose=0)
+    assert float(dual._started[name].numpy()) == 1.0
+
+
+def test_a_keras_file_saved_by_0_1_loads():
+    multiplier, _ = _saved_values(DATA / "tfconstrain_0_1_rate.weights.h5")
+    with pytest.warns(UserWarning, match="tfconstrain 0.1"):
+        model = keras.saving.load_model(DATA / "tfconstrain_0_1_rate.keras")
+    loaded = model.multipliers["positive_prediction_rate"].numpy()
+    np.testing.assert_array_equal(loaded, multiplier)
+
+
+def test_any_other_layout_mismatch_is_keras_error(tmp_path):
+    """Two constraints saved, one in the model: not the 0.1 layout."""
+    source = _rate_model()
+    source.add_constraint(lambda b: keras.ops.mean(b.y_pred), "<=", 0.5)
+    source.compile(optimizer="adam", loss="binary_crossentropy")
+    source.fit(FEATURES, LABELS, epochs=1, verbose=0)
+    source.save_weights(tmp_path / "two.weights.h5")
+    with pytest.raises(ValueError, match="variables"):
+        _rate_model().load_weights(tmp_path / "two.weights.h5")

@@ -318,6 +318,15 @@ def creating_state(model):
             tracker.lock()
 
 
+def own_variables(model) -> list:
+    """The variables `Layer.save_own_variables` / `load_own_variables` store,
+    in their order (private `_trainable_variables + _non_trainable_variables`:
+    the model's own, not its layers')."""
+    return list(model._trainable_variables) + list(
+        model._non_trainable_variables
+    )
+
+
 def untrack_variable(model, variable) -> None:
     """Removes a variable `add_weight` created (private `_untrack_variable`)."""
     model._untrack_variable(variable)

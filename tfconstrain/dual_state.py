@@ -66,6 +66,7 @@ class DualState:
         self.metrics: dict[str, ConstraintMetric] = {}
         self.penalties: dict[str, Any] = {}
         self.dual_variables: list = []
+        self.initial_values: dict = {}
         self.side_information = tuple(side_information)
         self.layer_constraint_names: set = set()
         self.formulation = None
@@ -199,6 +200,7 @@ class DualState:
         self._check_keras_dual_optimizer()
         unused = {variable.name: variable for variable in self.dual_variables}
         self.dual_variables = []
+        self.initial_values = {}
         self.penalties = {}
         with _keras_compat.creating_state(model):
 
@@ -216,6 +218,7 @@ class DualState:
                         autocast=False,
                     )
                 self.dual_variables.append(variable)
+                self.initial_values[id(variable)] = initial_value
                 return variable
 
             if self.formulation.has_penalty:
@@ -254,6 +257,20 @@ class DualState:
                 multiplier.assign(
                     tf.fill(multiplier.shape, self.formulation.coefficient)
                 )
+
+    def reset_dual_state(self) -> None:
+        """Every penalty and dual-optimizer state variable back to the value
+        it was created with."""
+        for variable in self.dual_variables:
+            initial = self.initial_values[id(variable)]
+            variable.assign(tf.fill(variable.shape, initial))
+
+    def without_dual_state(self, variables: list) -> list:
+        """`variables` without penalties and dual-optimizer state (in their
+        order): the layout of a model saved when its dual optimizer had no
+        state, such as tfconstrain 0.1's default, plain ascent."""
+        state = {id(variable) for variable in self.dual_variables}
+        return [v for v in variables if id(v) not in state]
 
     def _check_keras_dual_optimizer(self) -> None:
         dual = self.dual_optimizer

@@ -19,6 +19,7 @@ One training step (all inside the compiled step, no host round trip):
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -521,6 +522,34 @@ class ConstrainedModel(_keras_compat.KerasCompatMixin, keras.Model):
         if state is None:
             return x, {}
         return side_information.split(self, x, state.side_information)
+
+    # --------------------------------------------------------------- saving
+    def load_own_variables(self, store):
+        """Keras' loader of the model's own variables (multipliers, dual
+        state), which also reads files saved by tfconstrain 0.1 with
+        `compile()`'s defaults: that dual optimizer (plain ascent) had no
+        state, so such a file holds the multipliers only. They are loaded,
+        the dual state is reset to its initial values (`ScaledAscent` then
+        starts its integral at the loaded multipliers), and a `UserWarning`
+        says so. Any other mismatch raises Keras' error."""
+        variables = _keras_compat.own_variables(self)
+        stateless = self._tfc.without_dual_state(variables)
+        saved = len(store.keys())
+        if saved != len(variables) and saved == len(stateless):
+            warnings.warn(
+                f"Model '{self.name}': the file holds {saved} of its "
+                f"{len(variables)} own variables, the multipliers without "
+                "any dual-optimizer state (a model saved by tfconstrain 0.1 "
+                "with compile()'s defaults). Loaded the multipliers; the "
+                f"state of {type(self._tfc.dual_optimizer).__name__} starts "
+                "afresh.",
+                stacklevel=2,
+            )
+            for index, variable in enumerate(stateless):
+                variable.assign(store[str(index)])
+            self._tfc.reset_dual_state()
+            return
+        super().load_own_variables(store)
 
     # --------------------------------------------------------------- config
     def get_config(self):
