@@ -133,20 +133,19 @@ class ScaledAscent(DualOptimizer):
                 tf.where(mask, violation, tf.zeros_like(violation))
             )
         last = tf.convert_to_tensor(self._last[name])
-        first = old_scale <= 0.0
-        changed = tf.logical_and(
-            has_data, tf.logical_and(tf.logical_not(first), total != last)
+        is_open, delay, gate = _dead_time(
+            has_data,
+            total,
+            last,
+            tf.convert_to_tensor(self._open[name]),
+            tf.convert_to_tensor(self._delay[name]),
+            old_scale <= 0.0,
+            self.kp,
         )
-        is_open = tf.logical_or(
-            tf.convert_to_tensor(self._open[name]) > 0.0, changed
-        )
-        waiting = tf.logical_and(has_data, tf.logical_not(is_open))
-        delay = tf.convert_to_tensor(self._delay[name])
-        delay = tf.where(waiting, delay + 1.0, delay)
         self._open[name].assign(tf.cast(is_open, tf.float32))
         self._last[name].assign(tf.where(has_data, total, last))
         self._delay[name].assign(delay)
-        return _integral_share(is_open, delay, first, self.kp)
+        return gate
 
     def propose(
         self, name, multiplier, violation, mask, penalty=None, indices=None
@@ -196,15 +195,15 @@ class ScaledAscent(DualOptimizer):
             old["scale"], tf.where(mask, tf.abs(violation), zeros)
         )
         total = tf.where(mask, violation, zeros)
-        first = old["scale"] <= 0.0
-        changed = tf.logical_and(
+        is_open, delay, gate = _dead_time(
             mask,
-            tf.logical_and(tf.logical_not(first), total != old["last"]),
+            total,
+            old["last"],
+            old["open"],
+            old["delay"],
+            old["scale"] <= 0.0,
+            self.kp,
         )
-        is_open = tf.logical_or(old["open"] > 0.0, changed)
-        waiting = tf.logical_and(mask, tf.logical_not(is_open))
-        delay = tf.where(waiting, old["delay"] + 1.0, old["delay"])
-        gate = _integral_share(is_open, delay, first, self.kp)
         safe = tf.where(scale > 0.0, scale, tf.ones_like(scale))
         normalised = violation / safe
         started = old["started"] > 0
@@ -233,8 +232,21 @@ class ScaledAscent(DualOptimizer):
         }
 
 
-def _integral_share(is_open, delay, first, kp):
-    """`o / n`: 0 before the constraint responded, `1 / n` after; 1 on the
-    very first step when `κ_p = 0` (nothing else could move `λ`)."""
+def _dead_time(has_data, total, last, was_open, delay, first, kp):
+    """The dead-time rule, elementwise over constraints: `(o, n, o / n)`.
+
+    The constraint has responded (`o`) once a step with data has a violation
+    sum other than the last one (the very first step has nothing to compare
+    with); `n` counts the steps with data until then. The integral's share
+    is 0 before that (1 on the very first step when `κ_p = 0`: nothing else
+    could move `λ`) and `1 / n` after.
+    """
+    changed = tf.logical_and(
+        has_data, tf.logical_and(tf.logical_not(first), total != last)
+    )
+    is_open = tf.logical_or(was_open > 0.0, changed)
+    waiting = tf.logical_and(has_data, tf.logical_not(is_open))
+    delay = tf.where(waiting, delay + 1.0, delay)
     before = tf.cast(first, delay.dtype) if kp == 0 else tf.zeros_like(delay)
-    return tf.where(is_open, 1.0 / tf.maximum(delay, 1.0), before)
+    gate = tf.where(is_open, 1.0 / tf.maximum(delay, 1.0), before)
+    return is_open, delay, gate
