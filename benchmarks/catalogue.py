@@ -74,8 +74,6 @@ NUPI_KP = 10.0
 # (the same iterates as "default"; kept to compare other releases).
 SCALED_KP = 3.0
 PROPOSED = {"learning_rate": 1.0, "kp": SCALED_KP}
-# The proposed default's own sweep: four decades centred on its step.
-PROPOSED_STEPS = (1e-2, 1e-1, 1.0, 1e1, 1e2)
 
 
 class HingePenalty(tfc.Penalty):
